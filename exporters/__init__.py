@@ -1,0 +1,1 @@
+"""carecourse exporters: patient records to files and servers."""

@@ -1,0 +1,1 @@
+"""carecourse learned transitions (differentially private models); see the learned-transitions issue."""

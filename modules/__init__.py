@@ -1,0 +1,1 @@
+"""carecourse disease modules: GMF loading, validation and drawing, and the embedded library."""

@@ -1,0 +1,1 @@
+"""carecourse engine: SimPy patients stepped through GMF disease graphs."""

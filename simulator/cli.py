@@ -1,0 +1,213 @@
+"""The ``carecourse`` command line.
+
+This is the one place that wires the packages together: exporters (and later learned
+models) are imported inside the commands that need them, so ``carecourse run`` starts
+without loading torch. Every deliberate error prints one clear message and exits with
+status 2; ``modules validate`` exits 1 when it finds problems.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from pathlib import Path
+
+from modules.errors import CarecourseError, ConfigError
+
+__all__ = ["main", "build_parser"]
+
+FORMATS = ("csv",)
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date; use YYYY-MM-DD") from None
+
+
+def _age_range(text: str) -> tuple[int, int]:
+    parts = text.split("-")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an age range; use LOW-HIGH, e.g. 18-65")
+    lo, hi = int(parts[0]), int(parts[1])
+    if lo > hi or hi > 140:
+        raise argparse.ArgumentTypeError(f"{text!r}: need 0 <= LOW <= HIGH <= 140")
+    return lo, hi
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return v
+
+
+def _non_negative(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return v
+
+
+def _formats(text: str) -> tuple[str, ...]:
+    chosen = tuple(f.strip().lower() for f in text.split(",") if f.strip())
+    bad = [f for f in chosen if f not in FORMATS]
+    if bad or not chosen:
+        raise argparse.ArgumentTypeError(f"unknown format {', '.join(bad) or text!r}; "
+                                         f"known: {', '.join(FORMATS)}")
+    return chosen
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="carecourse",
+                                description="Synthetic patient lives through GMF disease modules.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="simulate a population and write it out")
+    r.add_argument("-p", "--population", type=_positive, default=10, help="patients to simulate")
+    r.add_argument("-s", "--seed", type=_non_negative, default=0, help="run seed")
+    r.add_argument("--age-range", type=_age_range, default=(0, 100), metavar="LOW-HIGH",
+                   help="ages at the reference date (default 0-100)")
+    r.add_argument("--gender", choices=("M", "F"), help="only this sex")
+    r.add_argument("--state", help="US state (name or two-letter code) where patients live")
+    r.add_argument("--reference-date", type=_date, default=None, metavar="YYYY-MM-DD",
+                   help="the date ages refer to (default: today, UTC)")
+    r.add_argument("--end-date", type=_date, default=None, metavar="YYYY-MM-DD",
+                   help="simulate to this date (default: the reference date)")
+    r.add_argument("--years-of-history", type=_non_negative, default=10, metavar="N",
+                   help="export only the last N years of records (0 = all; default 10)")
+    r.add_argument("--modules-dir", type=Path, help="module library folder (default: embedded)")
+    r.add_argument("--module", action="append", default=[], metavar="NAME",
+                   help="run only this top-level module (repeatable)")
+    r.add_argument("--out", type=Path, default=Path("output"), help="output folder")
+    r.add_argument("--format", type=_formats, default=("csv",), help="output formats: csv")
+    r.add_argument("--processes", type=_positive, default=1, help="worker processes")
+    r.add_argument("--lenient", action="store_true",
+                   help="load modules with transitions to missing states (error only if taken)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.set_defaults(func=_cmd_run)
+
+    m = sub.add_parser("modules", help="list, validate and draw disease modules")
+    msub = m.add_subparsers(dest="modules_command", required=True)
+    ml = msub.add_parser("list", help="list the top-level modules of a library")
+    ml.add_argument("--modules-dir", type=Path, help="module library folder (default: embedded)")
+    ml.set_defaults(func=_cmd_modules_list)
+    mv = msub.add_parser("validate", help="validate module files or folders")
+    mv.add_argument("paths", nargs="+", type=Path)
+    mv.add_argument("--strict", action="store_true", help="treat warnings as errors")
+    mv.set_defaults(func=_cmd_modules_validate)
+    mg = msub.add_parser("graph", help="draw a module's state graph")
+    mg.add_argument("name", help="module name in the library, or a module file")
+    mg.add_argument("--out", type=Path, required=True, help="FILE.svg or FILE.png")
+    mg.add_argument("--modules-dir", type=Path, help="module library folder (default: embedded)")
+    mg.set_defaults(func=_cmd_modules_graph)
+    return p
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from simulator.demographics import US_STATES
+    from simulator.population import RunConfig, run_population
+
+    state = args.state
+    if state is not None:
+        from simulator.demographics import normalize_state
+        try:
+            state = normalize_state(state)
+        except ValueError:
+            raise ConfigError(f"--state {args.state!r} is not a US state; use a name such as "
+                              f"Massachusetts or a code such as MA ({len(US_STATES)} known)") from None
+    ref = args.reference_date or dt.datetime.now(dt.UTC).date()
+    config = RunConfig(
+        population=args.population, seed=args.seed, age_range=args.age_range,
+        gender=args.gender, state=state, reference_date=ref, end_date=args.end_date,
+        years_of_history=args.years_of_history, modules_dir=args.modules_dir,
+        modules=tuple(args.module), out=args.out, processes=args.processes,
+        lenient=args.lenient,
+    )
+    sinks = []
+    if "csv" in args.format:
+        from exporters.csv import CsvSink
+        sinks.append(CsvSink(years_of_history=config.years_of_history, end=config.end))
+    summary = run_population(config, sinks, progress=not args.no_progress)
+    _print_summary(summary, config)
+    return 0
+
+
+def _print_summary(summary, config) -> None:
+    rate = summary.patients / summary.seconds if summary.seconds else 0.0
+    print(f"Simulated {summary.patients} patients in {summary.seconds:.1f} s "
+          f"({rate:.1f} patients/s, {config.processes} process(es)), seed {config.seed}, "
+          f"to {config.end_date or config.reference_date}")
+    print(f"  alive: {summary.alive}   dead: {summary.dead}   mean age: {summary.mean_age:.1f} years")
+    if summary.conditions:
+        print("  most common conditions (patients):")
+        for name, n in summary.conditions.most_common(10):
+            print(f"    {n:6d}  {name}")
+    print(f"  output: {config.out.resolve()}")
+
+
+def _cmd_modules_list(args: argparse.Namespace) -> int:
+    from modules.loader import load_library
+
+    lib = load_library(args.modules_dir, lenient=True)
+    for key in lib.top_level():
+        m = lib.modules[key]
+        print(f"{key:40s} {len(m.states):4d} states  {m.name}")
+    subs = len(lib.modules) - len(lib.top_level())
+    print(f"{len(lib.top_level())} modules, {subs} submodules in {lib.root}")
+    return 0
+
+
+def _cmd_modules_validate(args: argparse.Namespace) -> int:
+    from modules.loader import validate_paths
+
+    count, errors, warnings = validate_paths(args.paths)
+    for w in warnings:
+        print(f"warning: {w}")
+    for e in errors:
+        print(f"error: {e}")
+    bad = len(errors) + (len(warnings) if args.strict else 0)
+    print(f"{count} module file(s) checked: {len(errors)} error(s), {len(warnings)} warning(s)")
+    return 1 if bad else 0
+
+
+def _cmd_modules_graph(args: argparse.Namespace) -> int:
+    from modules.draw import draw_module
+    from modules.loader import load_library, load_module_file
+
+    p = Path(args.name)
+    if p.suffix == ".json" and p.is_file():
+        module = load_module_file(p, lenient=True)
+    else:
+        module = load_library(args.modules_dir, lenient=True).get(args.name)
+    suffix = args.out.suffix.lower()
+    if suffix not in (".svg", ".png"):
+        raise ConfigError(f"--out {args.out}: the drawing format follows the suffix; use .svg or .png")
+    out = draw_module(module.graph, args.out)
+    print(f"wrote {out} ({module.graph.number_of_nodes()} states)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CarecourseError as exc:
+        print(f"carecourse: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("carecourse: interrupted; no output was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""GMF transitions compiled into ``next(run, t) -> state name`` functions, and the registry
+of transition kinds that learned models plug into.
+
+Built-in kinds are the six of GMF. A user (or ``learned``) extends the engine with
+:func:`register_transition_kind`; the GMF extension key ``learned_transition`` names a
+registered model kind and carries a plain GMF ``fallback`` used when no such model is
+registered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from modules.errors import ConfigError, ModuleError, SimulationError
+from modules.gmf import transition_key
+from simulator.logic import compile_condition
+from simulator.person import date_of
+
+__all__ = [
+    "Next",
+    "compile_transition",
+    "register_transition_kind",
+    "transition_kinds",
+]
+
+Next = Callable[[Any, float], str]
+TransitionBuilder = Callable[[dict[str, Any], str, Any], Next]
+
+_LEARNED: dict[str, Callable[[dict[str, Any], str, Any, Next], Next]] = {}
+
+
+def register_transition_kind(name: str,
+                             builder: Callable[[dict[str, Any], str, Any, Next], Next]) -> None:
+    """Register a learned transition kind. ``builder(spec, state_name, library, fallback)``
+    returns the ``next(run, t)`` function. A duplicate name raises ConfigError."""
+    if name in _LEARNED:
+        raise ConfigError(f"transition kind {name!r} is already registered")
+    _LEARNED[name] = builder
+
+
+def transition_kinds() -> list[str]:
+    return sorted(_LEARNED)
+
+
+def _pick(u: float, probs: list[float], targets: list[str]) -> str:
+    """First option whose cumulative probability passes the draw; leftover goes to the last."""
+    acc = 0.0
+    for p, tgt in zip(probs, targets, strict=True):
+        acc += p
+        if u < acc:
+            return tgt
+    return targets[-1]
+
+
+def _distributed(options: list[dict[str, Any]]) -> Next:
+    targets = [o["transition"] for o in options]
+    fixed = all(isinstance(o["distribution"], (int, float)) for o in options)
+    if fixed:
+        probs = [float(o["distribution"]) for o in options]
+        if len(targets) == 1:
+            only = targets[0]
+            return lambda run, t: only
+        return lambda run, t: _pick(run.person.uniform(), probs, targets)
+    specs = [o["distribution"] for o in options]
+
+    def nxt(run: Any, t: float) -> str:
+        attrs = run.person.attributes
+        probs = []
+        for d in specs:
+            if isinstance(d, dict):
+                v = attrs.get(d["attribute"], d.get("default", 0.0))
+                probs.append(float(v) if isinstance(v, (int, float)) else float(d.get("default", 0.0)))
+            else:
+                probs.append(float(d))
+        return _pick(run.person.uniform(), probs, targets)
+    return nxt
+
+
+def _conditional(options: list[dict[str, Any]], complex_: bool) -> Next:
+    compiled: list[tuple[Any, Next]] = []
+    for o in options:
+        cond = compile_condition(o["condition"]).test if "condition" in o else None
+        if complex_ and o.get("distributions"):
+            go = _distributed(o["distributions"])
+        else:
+            target = o["transition"]
+            go = (lambda tgt: (lambda run, t: tgt))(target)
+        compiled.append((cond, go))
+    last = compiled[-1][1]
+
+    def nxt(run: Any, t: float) -> str:
+        for cond, go in compiled:
+            if cond is None or cond(run, t):
+                return go(run, t)
+        return last(run, t)
+    return nxt
+
+
+def _attr_key(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def _lookup(options: list[dict[str, Any]], state: str, library: Any) -> Next:
+    targets = [o["transition"] for o in options]
+    defaults = [float(o.get("default_probability") or 0.0) for o in options]
+    tname = options[0]["lookup_table_name"]
+    table = library.lookup_tables.get(tname) if library is not None else None
+    if table is None:
+        raise ModuleError(f"state {state}: lookup table {tname!r} is not loaded")
+    cols = table.attribute_columns
+    has_age = table.has_age
+
+    def nxt(run: Any, t: float) -> str:
+        attrs = run.person.attributes
+        key = []
+        for c in cols:
+            v = attrs.get(c)
+            if v is None:
+                raise SimulationError(
+                    f"module {run.module_name!r}, state {state!r}: lookup table {tname} needs "
+                    f"patient attribute {c!r}, which is not set")
+            key.append(_attr_key(v))
+        age = run.person.age_years(t) if has_age else 0
+        probs = table.probabilities(tuple(key), age, t)
+        return _pick(run.person.uniform(), list(probs) if probs is not None else defaults, targets)
+    return nxt
+
+
+#: Telemedicine weights by era and payer group (ambulatory, emergency, telemedicine), as
+#: Synthea's telemedicine configuration sets them (EXPECTED.md section 4). carecourse does
+#: not model insurance yet, so everybody is in the general payer group.
+_CARE_WEIGHTS = {
+    ("pre2020", "general"): (0.75, 0.25, 0.0),
+    ("pre2020", "high_ed"): (0.65, 0.35, 0.0),
+    ("2020", "general"): (0.56, 0.20, 0.24),
+    ("2020", "high_ed"): (0.66, 0.25, 0.09),
+}
+_HIGH_ED = {"medicaid", "dual eligible", "no_insurance", "none"}
+
+
+def _type_of_care(spec: dict[str, Any]) -> Next:
+    order = ("ambulatory", "emergency", "telemedicine")
+    targets = [spec.get(k) for k in order]
+
+    def nxt(run: Any, t: float) -> str:
+        era = "2020" if date_of(t).year >= 2020 else "pre2020"
+        ins = str(run.person.attributes.get("insurance_status", "")).lower()
+        w = _CARE_WEIGHTS[(era, "high_ed" if ins in _HIGH_ED else "general")]
+        probs = [p for p, tg in zip(w, targets, strict=True) if tg]
+        tg = [x for x in targets if x]
+        return _pick(run.person.uniform(), probs, tg)
+    return nxt
+
+
+def compile_transition(state_name: str, state: dict[str, Any], library: Any) -> Next | None:
+    """``next(run, t)`` for a state's transition, or None for a Terminal."""
+    key = transition_key(state)
+    if key is None:
+        alt = state.get("alt_direct_transition")
+        return (lambda run, t: alt) if isinstance(alt, str) else None
+    spec = state[key]
+    if key == "direct_transition":
+        return lambda run, t: spec
+    if key == "distributed_transition":
+        return _distributed(spec)
+    if key == "conditional_transition":
+        return _conditional(spec, complex_=False)
+    if key == "complex_transition":
+        return _conditional(spec, complex_=True)
+    if key == "lookup_table_transition":
+        return _lookup(spec, state_name, library)
+    if key == "type_of_care_transition":
+        return _type_of_care(spec)
+    if key == "learned_transition":
+        fallback = compile_transition(state_name, spec["fallback"], library)
+        assert fallback is not None
+        builder = _LEARNED.get(str(spec.get("kind", "learned")))
+        return fallback if builder is None else builder(spec, state_name, library, fallback)
+    raise ModuleError(f"state {state_name}: unknown transition {key}")
+
