@@ -215,7 +215,7 @@ def run_module(run: ModuleRun) -> Generator[Any, Any, bool]:
                     run.exit(name, t)
                     if run.top:
                         enc = run.ctx.encounter
-                        if enc is not None and not enc.ended and enc.encounter_class != "wellness":
+                        if enc is not None and not enc.ended and not enc.scheduled:
                             enc.end(t)
                     return True
                 yield r

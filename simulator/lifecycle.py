@@ -121,7 +121,7 @@ class Lifecycle:
         if cause is not _NATURAL_DEATH:
             # Hospice modules read how long the patient has left once a module has set a
             # death date.
-            person.attributes["days_until_death"] = max(0.0, when - now)
+            person.set_attribute("days_until_death", max(0.0, when - now))
         if when <= now:
             if not self.stop.triggered:
                 self.stop.succeed()
@@ -213,9 +213,9 @@ class Lifecycle:
             vit["Head Circumference Percentile"] = round(_percentile(self.height_z), 1)
         if age < 2:
             # Weight-for-length percentile of an infant, from its BMI z-score.
-            person.attributes["current_weight_length_percentile"] = round(_percentile(self.bmi_z), 1)
+            person.set_attribute("current_weight_length_percentile", round(_percentile(self.bmi_z), 1))
         if 2 <= age < 20:
-            person.attributes["bmi_percentile"] = round(facts.bmi_percentile(age, sex, bmi), 1)
+            person.set_attribute("bmi_percentile", round(facts.bmi_percentile(age, sex, bmi), 1))
         self._behaviour(age, u)
         person.notify(WATCH_VITAL)
 
@@ -255,6 +255,7 @@ class Lifecycle:
                 return
             enc = Encounter("wellness", t, (_WELLNESS_CODE[0] if age_days < 18 * 365.25
                                              else _WELLNESS_CODE[1],), "wellness")
+            enc.scheduled = True
             person.record.encounters.append(enc)
             # Vital signs are measured now; recording them is the modules' work (as in
             # Synthea, whose wellness_encounters module records them).

@@ -85,7 +85,8 @@ class Entry:
 class Encounter(Entry):
     """A visit. ``encounter_class`` is GMF's (wellness, ambulatory, emergency, inpatient...)."""
 
-    __slots__ = ("encounter_class", "reason", "discharge", "ended", "latest_contained")
+    __slots__ = ("encounter_class", "reason", "discharge", "ended", "latest_contained",
+                 "scheduled")
 
     def __init__(
         self,
@@ -103,6 +104,8 @@ class Encounter(Entry):
         # Latest stop time of anything recorded inside (procedures with a duration...), so
         # the encounter can be stretched to cover them when it ends.
         self.latest_contained = start
+        # True for visits the wellness schedule owns: the schedule, not a module, ends them.
+        self.scheduled = False
 
     def default_stop(self) -> SimTime:
         minutes = ENCOUNTER_MINUTES.get(self.encounter_class, _DEFAULT_ENCOUNTER_MINUTES)

@@ -354,8 +354,8 @@ def _encounter_end(name: str, spec: dict[str, Any], where: str) -> Process:
 
     def process(run: Any, t: float) -> None:
         enc = run.ctx.encounter
-        # Wellness encounters belong to the schedule, which closes them itself.
-        if enc is not None and enc.encounter_class != "wellness" and not enc.ended:
+        # Scheduled wellness visits belong to the schedule, which closes them itself.
+        if enc is not None and not enc.scheduled and not enc.ended:
             enc.discharge = disposition
             enc.end(t)
         run.ctx.encounter = None

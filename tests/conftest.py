@@ -74,6 +74,7 @@ class Harness:
         p = self.person
         enc = Encounter("wellness", t, (Code("SNOMED-CT", "162673000", "General examination"),),
                         "wellness")
+        enc.scheduled = True
         p.record.encounters.append(enc)
         p.wellness_visit = WellnessVisit(enc, t)
         waiting, p.next_wellness = p.next_wellness, self.env.event()
