@@ -1,0 +1,122 @@
+"""Event-driven engine behaviour on small modules written here: Guards wake exactly when what
+they read changes, Delays are exact, and nothing happens after death."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from modules.errors import SimulationError
+from modules.loader import load_library
+from simulator.engine import compile_library
+from tests.conftest import T0, YEAR, make_harness
+
+
+def library(tmp_path: Path, **modules: dict) -> dict:
+    for name, states in modules.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps({"name": name, "states": states}))
+    return compile_library(load_library(tmp_path, lenient=True))
+
+
+def chain(*states: tuple[str, dict]) -> dict:
+    """Initial -> states in order -> Terminal."""
+    out = {"Initial": {"type": "Initial", "direct_transition": states[0][0]}}
+    for i, (name, spec) in enumerate(states):
+        nxt = states[i + 1][0] if i + 1 < len(states) else "Terminal"
+        out[name] = {**spec, "direct_transition": nxt}
+    out["Terminal"] = {"type": "Terminal"}
+    return out
+
+
+def entered(run, name):
+    return [h[1] for h in run.history if h[0] == name]
+
+
+def test_guard_on_attribute_wakes_when_another_module_sets_it(tmp_path):
+    programs = library(
+        tmp_path,
+        waiter=chain(("Wait", {"type": "Guard", "allow": {
+            "condition_type": "Attribute", "attribute": "ready", "operator": "==",
+            "value": True}}), ("After", {"type": "Simple"})),
+        setter=chain(("Pause", {"type": "Delay", "exact": {"quantity": 17, "unit": "days"}}),
+                     ("Set", {"type": "SetAttribute", "attribute": "ready", "value": True})),
+    )
+    h = make_harness(programs)
+    waiter = h.start("waiter")
+    h.start("setter")
+    h.run_until(T0 + 100)
+    assert entered(waiter, "After") == [pytest.approx(T0 + 17)]
+
+
+def test_guard_on_age_passes_on_the_birthday(tmp_path):
+    programs = library(tmp_path, aging=chain(
+        ("Wait", {"type": "Guard", "allow": {"condition_type": "Age", "operator": ">=",
+                                             "quantity": 40, "unit": "years"}}),
+        ("Forty", {"type": "Simple"})))
+    h = make_harness(programs, age_years=35)
+    run = h.start("aging")
+    h.run_until(T0 + 10 * YEAR)
+    (t,) = entered(run, "Forty")
+    assert t == pytest.approx(h.person.birthday(40))
+    assert h.person.age_years(t) == 40 and h.person.age_years(t - 1e-6) == 39
+
+
+def test_guard_that_can_never_pass_costs_no_events(tmp_path):
+    programs = library(tmp_path, never=chain(("Wait", {"type": "Guard", "allow": {
+        "condition_type": "Gender", "gender": "M"}}), ("X", {"type": "Simple"})))
+    h = make_harness(programs, gender="F")
+    run = h.start("never")
+    h.run_until(T0 + YEAR)
+    steps = 0
+    original = h.env.step
+
+    def counting_step():
+        nonlocal steps
+        steps += 1
+        original()
+    h.env.step = counting_step
+    h.run_until(T0 + 50 * YEAR)
+    assert entered(run, "X") == []
+    assert steps <= 2  # the run's own stop events only: the Guard never polls
+
+
+def test_delays_are_exact_and_chain(tmp_path):
+    programs = library(tmp_path, delays=chain(
+        ("D1", {"type": "Delay", "exact": {"quantity": 3, "unit": "hours"}}),
+        ("D2", {"type": "Delay", "distribution": {"kind": "EXACT", "parameters": {"value": 2}},
+                "unit": "weeks"}),
+        ("Done", {"type": "Simple"})))
+    h = make_harness(programs)
+    run = h.start("delays")
+    h.run_until(T0 + 30)
+    assert entered(run, "D2") == [pytest.approx(T0 + 3 / 24)]
+    assert entered(run, "Done") == [pytest.approx(T0 + 3 / 24 + 14)]
+
+
+def test_nothing_happens_after_death(tmp_path):
+    programs = library(
+        tmp_path,
+        dies=chain(("Later", {"type": "Delay", "exact": {"quantity": 5, "unit": "days"}}),
+                   ("Die", {"type": "Death"})),
+        busy=chain(("Wait", {"type": "Delay", "exact": {"quantity": 10, "unit": "days"}}),
+                   ("Visit", {"type": "Encounter", "encounter_class": "ambulatory",
+                              "codes": [{"system": "SNOMED-CT", "code": "1", "display": "x"}]})),
+    )
+    h = make_harness(programs)
+    h.start("dies")
+    busy = h.start("busy")
+    h.run_until(T0 + 30)
+    assert h.person.death == pytest.approx(T0 + 5)
+    assert entered(busy, "Visit") == []
+    assert h.person.record.encounters == []
+
+
+def test_transition_to_missing_state_is_named_when_taken(tmp_path):
+    programs = library(tmp_path, broken={"Initial": {"type": "Initial",
+                                                      "direct_transition": "Gone"}})
+    h = make_harness(programs)
+    h.start("broken")
+    with pytest.raises(SimulationError, match="'broken'.*missing state 'Gone'"):
+        h.run_until(T0 + 1)
