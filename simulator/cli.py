@@ -33,7 +33,7 @@ def _age_range(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"{text!r} is not an age range; use LOW-HIGH, e.g. 18-65")
     lo, hi = int(parts[0]), int(parts[1])
     if lo > hi or hi > 140:
-        raise argparse.ArgumentTypeError(f"{text!r}: need 0 <= LOW <= HIGH <= 140")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a valid age range: need 0 <= LOW <= HIGH <= 140")
     return lo, hi
 
 

@@ -81,7 +81,7 @@ def test_filters_age_gender_state(tmp_path):
     (["--age-range", "90-10"], "age range"),
     (["--end-date", "2001-01-01"], "is before --reference-date"),
     (["--module", "no_such_module"], "--module 'no_such_module' is not a top-level module"),
-    (["--format", "pdf"], "unknown format pdf"),
+    (["--format", "pdf"], "unknown format 'pdf'"),
 ])
 def test_bad_options_exit_2_with_a_message(tmp_path, capsys, args, message):
     out = tmp_path / "o"

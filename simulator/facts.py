@@ -1,0 +1,243 @@
+"""Public facts the lifecycle needs: mortality, growth, vital signs, behaviour,
+immunizations and the wellness-visit schedule.
+
+The numbers live in small data files in ``simulator/data/`` with their sources; this module
+loads each once, indexes it, and answers lookups without scanning.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "annual_death_probability",
+    "height_cm",
+    "bmi",
+    "bmi_percentile",
+    "weight_kg",
+    "blood_pressure",
+    "heart_rate",
+    "respiratory_rate",
+    "smoking_start_probability",
+    "smoking_quit_probability",
+    "alcohol_use_probability",
+    "heavy_drinking_probability",
+    "Vaccine",
+    "immunization_schedule",
+    "wellness_visit_ages_days",
+    "life_expectancy",
+]
+
+
+def _text(name: str) -> str:
+    return (resources.files("simulator.data") / name).read_text(encoding="utf-8")
+
+
+@cache
+def _json(name: str) -> dict[str, Any]:
+    return json.loads(_text(name))
+
+
+def _check_sex(sex: str) -> str:
+    if sex not in ("M", "F"):
+        raise ValueError(f"sex must be 'M' or 'F', got {sex!r}")
+    return sex
+
+
+# ------------------------------------------------------------------------ mortality
+
+@cache
+def _qx() -> dict[str, np.ndarray]:
+    rows = [r for r in csv.DictReader(io.StringIO(
+        "\n".join(line for line in _text("life_table.csv").splitlines()
+                  if not line.startswith("#"))))]
+    ages = np.array([float(r["age"]) for r in rows])
+    out = {}
+    for sex, col in (("M", "qx_male"), ("F", "qx_female")):
+        q = np.array([float(r[col]) for r in rows])
+        grid = np.arange(0, 101, dtype=float)
+        # log-linear between the published ages: mortality grows roughly exponentially
+        table = np.exp(np.interp(grid, ages, np.log(q)))
+        table[-1] = 1.0
+        out[sex] = table
+    return out
+
+
+def annual_death_probability(age: int, sex: str) -> float:
+    """Probability of dying within a year at whole-year ``age`` (US life table 2021)."""
+    q = _qx()[_check_sex(sex)]
+    return float(q[min(max(int(age), 0), 100)])
+
+
+def life_expectancy(sex: str) -> float:
+    """Period life expectancy at birth implied by the table (years)."""
+    q = _qx()[_check_sex(sex)]
+    alive = np.concatenate([[1.0], np.cumprod(1.0 - q)])
+    # deaths spread evenly within each year of age
+    return float(np.sum((alive[:-1] + alive[1:]) / 2.0))
+
+
+# ------------------------------------------------------------------------ growth
+
+def _interp(x: float, xs: list[float], ys: list[float]) -> float:
+    return float(np.interp(x, xs, ys))
+
+
+def height_cm(age: float, sex: str, z: float) -> float:
+    """Height (length under 2) at ``age`` for a person at height z-score ``z``: the CDC/WHO
+    median with a 4% coefficient of variation in childhood, blending into the NHANES adult
+    mean and SD by age 20. Continuous, and non-decreasing in age up to 20 for fixed z."""
+    b = _json("body.json")
+    sex = _check_sex(sex)
+    med = b["height_median_cm"]
+    mean_a, sd_a = b["adult_height"][sex]
+    child = _interp(min(age, 20.0), med["ages"], med[sex]) * (1.0 + b["height_cv_child"] * z)
+    adult = mean_a + sd_a * z
+    if age >= 20:
+        return adult
+    # From 14 to 20 the child curve blends into the adult distribution.
+    w = (age - 14.0) / 6.0 if age > 14 else 0.0
+    return (1 - w) * child + w * adult
+
+
+def _bmi_median_sigma(age: float, sex: str) -> tuple[float, float]:
+    b = _json("body.json")
+    if age < 20:
+        m = b["bmi_median"]
+        return _interp(age, m["ages"], m[sex]), b["bmi_log_sd_child"]
+    bands = b["adult_bmi_median"]
+    i = max(k for k, lo in enumerate(bands["bands"]) if age >= lo)
+    # blend from the 20-year child median into the adult band over the twenties
+    med = bands[sex][i]
+    if age < 30:
+        w = (age - 20.0) / 10.0
+        med = (1 - w) * b["bmi_median"][sex][-1] + w * bands[sex][0]
+        sig = (1 - w) * b["bmi_log_sd_child"] + w * b["adult_bmi_log_sd"]
+        return med, sig
+    return med, b["adult_bmi_log_sd"]
+
+
+def bmi(age: float, sex: str, z: float) -> float:
+    """BMI (kg/m2) at ``age`` for BMI z-score ``z``: log-normal around the median."""
+    med, sig = _bmi_median_sigma(age, _check_sex(sex))
+    return med * math.exp(sig * z)
+
+
+def bmi_percentile(age: float, sex: str, bmi_value: float) -> float:
+    """Percentile (0-100) of ``bmi_value`` among people of that age and sex."""
+    med, sig = _bmi_median_sigma(age, _check_sex(sex))
+    z = math.log(max(bmi_value, 1e-6) / med) / sig
+    return 50.0 * (1.0 + math.erf(z / math.sqrt(2.0)))
+
+
+def weight_kg(age: float, sex: str, height_z: float, bmi_z: float) -> float:
+    h = height_cm(age, sex, height_z) / 100.0
+    return bmi(age, sex, bmi_z) * h * h
+
+
+# ------------------------------------------------------------------------ vital signs
+
+def blood_pressure(age: float, sex: str, z_sys: float, z_dia: float) -> tuple[float, float]:
+    """(systolic, diastolic) in mmHg for the given z-scores."""
+    b = _json("body.json")
+    sex = _check_sex(sex)
+    if age < 18:
+        c = b["blood_pressure_child"]
+        a = max(age, 1.0)
+        s = c["sys_at_3"] + c["sys_per_year"] * (a - 3.0) + c["sd"]["sys"] * z_sys
+        d = c["dia_at_3"] + c["dia_per_year"] * (a - 3.0) + c["sd"]["dia"] * z_dia
+    else:
+        a = b["blood_pressure_adult"]
+        mids = [29.0, 50.0, 70.0]  # middles of the NHANES bands 18-39, 40-59, 60+
+        s = _interp(age, mids, a[sex]["sys"]) + a["sd"]["sys"] * z_sys
+        d = _interp(age, mids, a[sex]["dia"]) + a["sd"]["dia"] * z_dia
+    s = min(max(s, 70.0), 230.0)
+    d = min(max(d, 35.0), min(s - 15.0, 140.0))
+    return s, d
+
+
+def heart_rate(age: float, z: float) -> float:
+    hr = _json("body.json")["heart_rate"]
+    return max(40.0, _interp(age, hr["ages"], hr["median"]) + hr["sd"] * z)
+
+
+def respiratory_rate(age: float, z: float) -> float:
+    rr = _json("body.json")["respiratory_rate"]
+    return max(8.0, _interp(age, rr["ages"], rr["median"]) + rr["sd"] * z)
+
+
+# ------------------------------------------------------------------------ behaviour
+
+def smoking_start_probability(age: float, sex: str) -> float:
+    """Yearly probability that a never-smoker starts smoking at ``age``."""
+    b = _json("behaviour.json")
+    s = b["smoking_start_per_year"]
+    if age < s["ages"][0]:
+        return 0.0
+    return _interp(age, s["ages"], s["rate"]) * b["smoking_start_sex_factor"][_check_sex(sex)]
+
+
+def smoking_quit_probability(age: float) -> float:
+    """Yearly probability that a current smoker quits for good."""
+    q = _json("behaviour.json")["smoking_quit_per_year"]
+    return _interp(age, q["ages"], q["rate"])
+
+
+def alcohol_use_probability(sex: str) -> float:
+    return float(_json("behaviour.json")["alcohol_use"][_check_sex(sex)])
+
+
+def heavy_drinking_probability(sex: str) -> float:
+    return float(_json("behaviour.json")["heavy_drinking"][_check_sex(sex)])
+
+
+# ------------------------------------------------------------------------ schedules
+
+@dataclass(frozen=True, slots=True)
+class Vaccine:
+    """One vaccine of the schedule: doses at ``ages_months``, plus (for influenza and Td)
+    one dose every ``repeat_every_months`` from ``repeat_from_months``."""
+
+    key: str
+    cvx: str
+    display: str
+    ages_months: tuple[float, ...]
+    repeat_every_months: float | None = None
+    repeat_from_months: float = 0.0
+    repeat_until_months: float | None = None
+
+
+@cache
+def immunization_schedule() -> tuple[Vaccine, ...]:
+    out = []
+    for v in _json("immunizations.json")["vaccines"]:
+        out.append(Vaccine(v["key"], v["cvx"], v["display"], tuple(v["ages_months"]),
+                           v.get("repeat_every_months"), float(v.get("repeat_from_months", 0.0)),
+                           v.get("repeat_until_months")))
+    return tuple(out)
+
+
+@cache
+def _wellness_ages_years() -> np.ndarray:
+    w = _json("wellness.json")
+    ages = [m / 12.0 for m in w["infant_months"]]
+    ages += list(range(w["yearly_from"], w["yearly_until"]))
+    for lo, hi, step in w["adult_intervals"]:
+        ages += list(range(lo, hi, step))
+    return np.array(sorted(set(ages)), dtype=float)
+
+
+def wellness_visit_ages_days(max_age_years: float) -> np.ndarray:
+    """Ages (days since birth, 365.25-day years) of the scheduled wellness visits up to
+    ``max_age_years``, sorted."""
+    ages = _wellness_ages_years()
+    return ages[ages <= max_age_years] * 365.25
