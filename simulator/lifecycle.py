@@ -211,10 +211,10 @@ class Lifecycle:
             vit["Head Circumference"] = round(34.5 + 14.5 * (1 - math.exp(-age * 1.2))
                                               + 1.2 * self.height_z, 1)
             vit["Head Circumference Percentile"] = round(_percentile(self.height_z), 1)
-        if age < 2:
+        if age < 3:
             # Weight-for-length percentile of an infant, from its BMI z-score.
             person.set_attribute("current_weight_length_percentile", round(_percentile(self.bmi_z), 1))
-        if 2 <= age < 20:
+        if age < 21:  # modules decide by calendar age whether to record it
             person.set_attribute("bmi_percentile", round(facts.bmi_percentile(age, sex, bmi), 1))
         self._behaviour(age, u)
         person.notify(WATCH_VITAL)

@@ -158,7 +158,8 @@ def _type_of_care(spec: dict[str, Any]) -> Next:
 def compile_transition(state_name: str, state: dict[str, Any], library: Any) -> Next | None:
     """``next(run, t)`` for a state's transition, or None for a Terminal."""
     key = transition_key(state)
-    if key is None:
+    if state.get("type") == "Physiology" or key is None:
+        # No physiology solver: take the transition meant for simulation switched off.
         alt = state.get("alt_direct_transition")
         return (lambda run, t: alt) if isinstance(alt, str) else None
     spec = state[key]
