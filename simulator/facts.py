@@ -94,8 +94,8 @@ def _interp(x: float, xs: list[float], ys: list[float]) -> float:
 
 def height_cm(age: float, sex: str, z: float) -> float:
     """Height (length under 2) at ``age`` for a person at height z-score ``z``: the CDC/WHO
-    median with a 4% coefficient of variation in childhood, blending into the NHANES adult
-    mean and SD by age 20. Continuous, and non-decreasing in age up to 20 for fixed z."""
+    median with a 4% coefficient of variation in childhood, never above the person's NHANES
+    adult height, which applies from 20. Non-decreasing in age for fixed z."""
     b = _json("body.json")
     sex = _check_sex(sex)
     med = b["height_median_cm"]
@@ -104,9 +104,9 @@ def height_cm(age: float, sex: str, z: float) -> float:
     adult = mean_a + sd_a * z
     if age >= 20:
         return adult
-    # From 14 to 20 the child curve blends into the adult distribution.
-    w = (age - 14.0) / 6.0 if age > 14 else 0.0
-    return (1 - w) * child + w * adult
+    # The child curve is capped at the adult height the person will reach (the CDC and
+    # NHANES references differ by a centimetre or two at 20).
+    return min(child, adult)
 
 
 def _bmi_median_sigma(age: float, sex: str) -> tuple[float, float]:
@@ -116,10 +116,10 @@ def _bmi_median_sigma(age: float, sex: str) -> tuple[float, float]:
         return _interp(age, m["ages"], m[sex]), b["bmi_log_sd_child"]
     bands = b["adult_bmi_median"]
     i = max(k for k, lo in enumerate(bands["bands"]) if age >= lo)
-    # blend from the 20-year child median into the adult band over the twenties
+    # blend from the 20-year child median into the adult band over the early twenties
     med = bands[sex][i]
-    if age < 30:
-        w = (age - 20.0) / 10.0
+    if age < 25:
+        w = (age - 20.0) / 5.0
         med = (1 - w) * b["bmi_median"][sex][-1] + w * bands[sex][0]
         sig = (1 - w) * b["bmi_log_sd_child"] + w * b["adult_bmi_log_sd"]
         return med, sig

@@ -1,0 +1,116 @@
+"""What the engine provides beyond the modules: mortality, growth, vital signs, demographics,
+the wellness schedule and immunizations. Statistical checks use many patients and
+tolerances."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from modules.loader import load_library
+from simulator import facts
+from simulator.demographics import US_STATES, normalize_state, sample_demographics
+from simulator.engine import compile_library
+from simulator.lifecycle import sample_age_at_death
+from simulator.population import RunConfig, simulate_patient
+
+
+@pytest.mark.parametrize("sex, low, high", [("M", 73.0, 75.5), ("F", 78.5, 81.0)])
+def test_life_expectancy_matches_the_us_life_table(sex, low, high):
+    assert low < facts.life_expectancy(sex) < high  # NCHS 2021: 73.5 (M), 79.3 (F)
+
+
+@pytest.mark.parametrize("sex", ["M", "F"])
+def test_sampled_ages_at_death_have_the_table_mean(sex):
+    rng = np.random.default_rng(7)
+    ages = np.array([sample_age_at_death(u, sex) for u in rng.random(20000)])
+    se = ages.std() / math.sqrt(len(ages))
+    assert abs(ages.mean() - facts.life_expectancy(sex)) < 5 * se + 0.3
+    assert ages.min() >= 0 and ages.max() <= 101
+
+
+@given(age=st.integers(-5, 130), sex=st.sampled_from(["M", "F"]))
+def test_death_probabilities_are_probabilities(age, sex):
+    q = facts.annual_death_probability(age, sex)
+    assert 0.0 < q <= 1.0
+
+
+@given(z=st.floats(-3, 3), sex=st.sampled_from(["M", "F"]))
+def test_children_grow(z, sex):
+    heights = [facts.height_cm(a / 4, sex, z) for a in range(0, 4 * 18)]
+    assert all(b >= a - 1e-9 for a, b in zip(heights, heights[1:], strict=False))
+
+
+@given(age=st.floats(2, 90), z=st.floats(-3, 3), sex=st.sampled_from(["M", "F"]))
+def test_bmi_percentile_inverts_bmi(age, z, sex):
+    b = facts.bmi(age, sex, z)
+    p = facts.bmi_percentile(age, sex, b)
+    assert 0.0 <= p <= 100.0
+    assert p == pytest.approx(50.0 * (1 + math.erf(z / math.sqrt(2))), abs=1e-6)
+
+
+def test_adult_obesity_share_near_nhanes():
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal(40000)
+    ages = rng.uniform(20, 80, size=z.size)
+    sexes = np.where(rng.random(z.size) < 0.5, "M", "F")
+    obese = np.mean([facts.bmi(a, s, zz) >= 30 for a, s, zz in zip(ages, sexes, z, strict=True)])
+    assert 0.37 < obese < 0.47  # NHANES 2017-2020: 41.9%
+
+
+def test_wellness_schedule_follows_the_age_rules():
+    ages = facts.wellness_visit_ages_days(80) / 365.25
+    assert sum(a < 3 for a in ages) == 11  # Bright Futures infancy visits
+    assert all(any(abs(a - y) < 1e-9 for a in ages) for y in range(3, 20))
+    adults = [a for a in ages if 20 <= a < 50]
+    assert adults == [20, 23, 26, 29, 32, 35, 38, 40, 42, 44, 46, 48]
+    assert all(any(abs(a - y) < 1e-9 for a in ages) for y in range(50, 81))
+
+
+def test_race_and_ethnicity_shares_match_the_census():
+    rng = np.random.default_rng(11)
+    n = 20000
+    demo = [sample_demographics(rng, age_years=40) for _ in range(n)]
+    white = sum(d.race == "white" for d in demo) / n
+    hispanic = sum(d.ethnicity == "hispanic" for d in demo) / n
+    assert abs(white - 0.616) < 5 * math.sqrt(0.616 * 0.384 / n)
+    assert abs(hispanic - 0.187) < 5 * math.sqrt(0.187 * 0.813 / n)
+    male = sum(d.gender == "M" for d in demo) / n
+    assert abs(male - 1.048 / 2.048) < 5 * math.sqrt(0.25 / n)
+
+
+def test_states_by_name_or_code_and_unknown_ones():
+    assert normalize_state("ma") == "Massachusetts"
+    assert normalize_state("New York") == "New York"
+    assert len(US_STATES) == 51
+    with pytest.raises(ValueError, match="Atlantis"):
+        sample_demographics(np.random.default_rng(0), age_years=3, state="Atlantis")
+    d = sample_demographics(np.random.default_rng(0), age_years=3, state="TX", gender="F")
+    assert (d.state, d.gender, d.marital_status) == ("Texas", "F", "")
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    return compile_library(load_library())
+
+
+def test_children_get_their_vaccines_and_wellness_vitals(embedded):
+    config = RunConfig(population=1, seed=5, age_range=(3, 3), years_of_history=0,
+                       reference_date=dt.date(2024, 1, 1))
+    for i in range(5):
+        p = simulate_patient(i, config, embedded, ["wellness_encounters"])
+        if p.death is not None:
+            continue
+        cvx = [im.codes[0].code for im in p.record.immunizations]
+        assert cvx.count("20") >= 4  # DTaP at 2, 4, 6, 15 months
+        assert cvx.count("08") == 3  # Hep B at 0, 1, 6 months
+        wellness = [e for e in p.record.encounters if e.encounter_class == "wellness"]
+        assert len(wellness) >= 12
+        heights = [o.value for o in p.record.observations if o.codes[0].code == "8302-2"]
+        assert len(heights) == len(wellness)
+        assert heights == sorted(heights)
