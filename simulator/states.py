@@ -264,7 +264,8 @@ def _set_attribute(name: str, spec: dict[str, Any], where: str) -> Process:
         series = _parse_series(spec["series_data"], attr)
         get = lambda run, t: series  # noqa: E731
     elif any(k in spec for k in ("range", "distribution", "expression")):
-        get = _value_source(name, spec, where)
+        # "attribute" names the target here, not a value source
+        get = _value_source(name, {k: v for k, v in spec.items() if k != "attribute"}, where)
     else:
         get = lambda run, t: None  # noqa: E731  # no value: remove the attribute
 

@@ -12,7 +12,7 @@ import simpy
 
 from modules.loader import ModuleLibrary, validate_library
 from simulator.engine import ModuleRun, Program, compile_module, run_module
-from simulator.person import Person, WellnessVisit
+from simulator.person import Person, WellnessVisit, date_of, day_of
 from simulator.record import Code, Encounter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,7 +86,14 @@ class Harness:
 
 def make_harness(programs: dict[str, Program], *, age_years: float = 35, gender: str = "F",
                  at: float = T0, seed: int = 0) -> Harness:
-    birth = at - age_years * YEAR
+    # Born exactly `age_years` calendar years before `at` (Synthea's tests: "35 y old").
+    whole = int(age_years)
+    d = date_of(at)
+    try:
+        b = d.replace(year=d.year - whole)
+    except ValueError:  # 29 February
+        b = d.replace(year=d.year - whole, day=28)
+    birth = day_of(b) - (age_years - whole) * 365.25
     person = Person(0, seed + 1, np.random.default_rng(seed), birth, gender)
     env = simpy.Environment(initial_time=at)
     person.env = env
