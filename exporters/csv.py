@@ -56,16 +56,14 @@ after the cutoff. ``0`` writes everything.
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
 import math
 import numbers
 import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
+from exporters.common import Clock, dicom_uid, entry_id
 from modules.errors import ConfigError, OutputError
 from simulator.person import Person
 from simulator.record import Code, Encounter, Entry, Medication, Observation
@@ -131,8 +129,6 @@ FILES: dict[str, tuple[str, ...]] = {
 }
 
 _DAYS_PER_YEAR = 365.25
-_MS_PER_DAY = 86_400_000
-_EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
 _NO_CODE = Code("", "", "")
 # Bound on each formatting cache; a cache is dropped when it grows past this.
 _CACHE_LIMIT = 100_000
@@ -146,75 +142,6 @@ _SEVERITY_RANK = {"SEVERE": 0, "MODERATE": 1, "MILD": 2}
 
 def _header_line(name: str) -> str:
     return ",".join(FILES[name]) + "\n"
-
-
-def entry_id(seed: int, kind: str, index: int) -> str:
-    """A UUID (version 4 layout) for the ``index``-th entry of ``kind`` in the record of the
-    patient with ``seed``: the same inputs always give the same Id, and different patients,
-    kinds or positions give different ones (a 128-bit BLAKE2b digest).
-
-    >>> entry_id(12345, "encounter", 0) == entry_id(12345, "encounter", 0)
-    True
-    >>> entry_id(12345, "encounter", 0) != entry_id(12345, "encounter", 1)
-    True
-    """
-    return str(uuid.UUID(bytes=_digest(seed, kind, index), version=4))
-
-
-def _digest(seed: int, kind: str, index: int) -> bytes:
-    key = (seed & ((1 << 128) - 1)).to_bytes(16, "little")
-    return hashlib.blake2b(f"{kind}:{index}".encode(), digest_size=16, key=key).digest()
-
-
-def _dicom_uid(seed: int, kind: str, index: int) -> str:
-    # ITU-T X.667: a UUID as an OID is "2.25." followed by the UUID's decimal integer.
-    return f"2.25.{int.from_bytes(_digest(seed, kind, index), 'big')}"
-
-
-class _Clock:
-    """Formats clock values (days since 1970-01-01 UTC, to the millisecond like
-    :func:`simulator.person.date_of`) as dates and ISO timestamps, with bounded caches: the
-    rows of one patient repeat the same times many times."""
-
-    __slots__ = ("_days", "_dates", "_stamps")
-
-    def __init__(self) -> None:
-        self._days: dict[int, str] = {}
-        self._dates: dict[float, str] = {}
-        self._stamps: dict[float, str] = {}
-
-    def _day(self, day: int) -> str:
-        s = self._days.get(day)
-        if s is None:
-            if len(self._days) >= _CACHE_LIMIT:
-                self._days.clear()
-            s = self._days[day] = dt.date.fromordinal(_EPOCH_ORDINAL + day).isoformat()
-        return s
-
-    def date(self, t: float | None) -> str:
-        """``YYYY-MM-DD``, or an empty string for None."""
-        if t is None:
-            return ""
-        s = self._dates.get(t)
-        if s is None:
-            if len(self._dates) >= _CACHE_LIMIT:
-                self._dates.clear()
-            s = self._dates[t] = self._day(round(t * _MS_PER_DAY) // _MS_PER_DAY)
-        return s
-
-    def stamp(self, t: float | None) -> str:
-        """``YYYY-MM-DDTHH:MM:SSZ`` (milliseconds dropped), or an empty string for None."""
-        if t is None:
-            return ""
-        s = self._stamps.get(t)
-        if s is None:
-            if len(self._stamps) >= _CACHE_LIMIT:
-                self._stamps.clear()
-            day, rest = divmod(round(t * _MS_PER_DAY) // 1000, 86400)
-            h, rest = divmod(rest, 3600)
-            m, sec = divmod(rest, 60)
-            s = self._stamps[t] = f"{self._day(day)}T{h:02d}:{m:02d}:{sec:02d}Z"
-        return s
 
 
 def _q(value: Any) -> str:
@@ -312,7 +239,7 @@ class CsvWriter:
         self.folder = Path(folder)
         self.years_of_history = years_of_history
         self.end = end
-        self._clock = _Clock()
+        self._clock = Clock()
         self._quoted = _Quoted()
         self._files: dict[str, Any] = {}
         try:
@@ -518,12 +445,12 @@ class CsvWriter:
         sid = entry_id(seed, "imaging_study", index)
         proc = q(study.codes[0].code) if study.codes else ""
         for k, series in enumerate(study.series):
-            series_uid = _dicom_uid(seed, f"series:{index}", k)
+            series_uid = dicom_uid(seed, f"series:{index}", k)
             site = series.get("body_site") or _NO_CODE
             modality = series.get("modality") or _NO_CODE
             for j, inst in enumerate(series.get("instances") or ()):
                 sop = inst.get("sop_class") or _NO_CODE
-                instance_uid = _dicom_uid(seed, f"instance:{index}:{k}", j)
+                instance_uid = dicom_uid(seed, f"instance:{index}:{k}", j)
                 lines.append(f"{sid},{when},{pid},{eid},{series_uid},{q(site.code)},"
                              f"{q(site.display)},{q(modality.code)},{q(modality.display)},"
                              f"{instance_uid},{q(sop.code)},{q(sop.display)},{proc}\n")

@@ -16,7 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporters.csv import FILES, CsvSink, _Clock, _observation_value, _q, entry_id
+from exporters.common import Clock
+from exporters.csv import FILES, CsvSink, _observation_value, _q, entry_id
 from modules.errors import ConfigError, OutputError
 from simulator.person import Person, date_of, day_of
 from simulator.record import (
@@ -387,7 +388,7 @@ def test_other_kinds(out: Path, person: Person) -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.floats(min_value=-40_000, max_value=60_000, allow_nan=False))
 def test_clock_agrees_with_date_of(t: float) -> None:
-    clock = _Clock()
+    clock = Clock()
     expected = date_of(t)
     assert clock.stamp(t) == expected.strftime("%Y-%m-%dT%H:%M:%SZ")
     assert clock.date(t) == expected.date().isoformat()
