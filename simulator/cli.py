@@ -17,7 +17,7 @@ from modules.errors import CarecourseError, ConfigError
 
 __all__ = ["main", "build_parser"]
 
-FORMATS = ("csv",)
+FORMATS = ("csv", "fhir", "ndjson")
 
 
 def _date(text: str) -> dt.date:
@@ -61,7 +61,7 @@ def _formats(text: str) -> tuple[str, ...]:
     chosen = tuple(f.strip().lower() for f in text.split(",") if f.strip())
     bad = [f for f in chosen if f not in FORMATS]
     if bad or not chosen:
-        raise argparse.ArgumentTypeError(f"unknown format {', '.join(bad) or text!r}; "
+        raise argparse.ArgumentTypeError(f"unknown format {', '.join(map(repr, bad)) or repr(text)}; "
                                          f"known: {', '.join(FORMATS)}")
     return chosen
 
@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--module", action="append", default=[], metavar="NAME",
                    help="run only this top-level module (repeatable)")
     r.add_argument("--out", type=Path, default=Path("output"), help="output folder")
-    r.add_argument("--format", type=_formats, default=("csv",), help="output formats: csv")
+    r.add_argument("--format", type=_formats, default=("csv",),
+                   help="output formats, comma-separated: csv, fhir, ndjson (default csv)")
     r.add_argument("--processes", type=_positive, default=1, help="worker processes")
     r.add_argument("--lenient", action="store_true",
                    help="load modules with transitions to missing states (error only if taken)")
@@ -136,6 +137,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if "csv" in args.format:
         from exporters.csv import CsvSink
         sinks.append(CsvSink(years_of_history=config.years_of_history, end=config.end))
+    if "fhir" in args.format:
+        from exporters.fhir import FhirSink
+        sinks.append(FhirSink(years_of_history=config.years_of_history, end=config.end))
+    if "ndjson" in args.format:
+        from exporters.fhir import NdjsonSink
+        sinks.append(NdjsonSink(years_of_history=config.years_of_history, end=config.end,
+                                transaction_time=f"{config.end_date or config.reference_date}"
+                                                 f"T00:00:00Z"))
     summary = run_population(config, sinks, progress=not args.no_progress)
     _print_summary(summary, config)
     return 0

@@ -29,8 +29,8 @@ def run_cli(*args: object) -> int:
 
 
 def digest(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted((folder / "csv").glob("*.csv"))}
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def rows(folder: Path, name: str) -> list[dict[str, str]]:
@@ -57,11 +57,14 @@ def test_run_writes_synthea_csv_and_a_summary(tmp_path, capsys):
 
 def test_same_seed_same_bytes_with_one_or_two_processes(tmp_path):
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
-    assert run_cli("run", "-p", 30, "-s", 11, "--out", a, *FIXED) == 0
-    assert run_cli("run", "-p", 30, "-s", 11, "--out", b, "--processes", 2, *FIXED) == 0
+    formats = ("--format", "csv,fhir,ndjson")
+    assert run_cli("run", "-p", 30, "-s", 11, "--out", a, *formats, *FIXED) == 0
+    assert run_cli("run", "-p", 30, "-s", 11, "--out", b, "--processes", 2, *formats,
+                   *FIXED) == 0
     assert digest(a) == digest(b)
+    assert len([k for k in digest(a) if k.startswith("fhir/")]) == 32
     assert run_cli("run", "-p", 30, "-s", 12, "--out", c, *FIXED) == 0
-    assert digest(a)["patients.csv"] != digest(c)["patients.csv"]
+    assert digest(a)["csv/patients.csv"] != digest(c)["csv/patients.csv"]
 
 
 def test_filters_age_gender_state(tmp_path):
@@ -81,7 +84,7 @@ def test_filters_age_gender_state(tmp_path):
     (["--age-range", "90-10"], "age range"),
     (["--end-date", "2001-01-01"], "is before --reference-date"),
     (["--module", "no_such_module"], "--module 'no_such_module' is not a top-level module"),
-    (["--format", "pdf"], "unknown format 'pdf'"),
+    (["--format", "csv,pdf"], "unknown format 'pdf'"),
 ])
 def test_bad_options_exit_2_with_a_message(tmp_path, capsys, args, message):
     out = tmp_path / "o"

@@ -1,0 +1,707 @@
+"""FHIR R4 (4.0.1) export: one transaction Bundle per patient, organization and practitioner
+bundles, and FHIR Bulk Data ndjson.
+
+The hot path builds plain dicts and serializes them with orjson; fhir.resources validates
+them in the tests and in ``carecourse validate``. Every resource id is derived from the
+patient's seed (the same ids as the CSV export), so output is byte-identical for a seed.
+
+Inside a patient bundle, entries have ``fullUrl`` ``urn:uuid:<id>`` and a ``POST`` request,
+and refer to each other by those URNs; the patient's care providers are referred to by
+conditional references on their identifiers (``Organization?identifier=...``), which the
+server resolves against the organization and practitioner bundles (uploaded first, with
+``ifNoneExist``). carecourse has no provider model yet: each state has one organization
+(its largest city's general hospital) and one practitioner, derived from the state.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from exporters.common import Clock, dicom_uid, entry_id
+from modules.errors import ConfigError, OutputError
+from simulator.person import Person
+from simulator.record import Code, Entry, Observation
+
+__all__ = ["FhirSink", "NdjsonSink", "SYSTEMS", "patient_resources", "provider_resources"]
+
+#: GMF code system names -> FHIR system URIs.
+SYSTEMS = {
+    "SNOMED-CT": "http://snomed.info/sct",
+    "LOINC": "http://loinc.org",
+    "RxNorm": "http://www.nlm.nih.gov/research/umls/rxnorm",
+    "CVX": "http://hl7.org/fhir/sid/cvx",
+    "NUBC": "https://www.nubc.org/CodeSystem/PatDischargeStatus",
+    "DICOM": "http://dicom.nema.org/resources/ontology/DCM",
+    "ICD-10": "http://hl7.org/fhir/sid/icd-10-cm",
+    "NDC": "http://hl7.org/fhir/sid/ndc",
+}
+_ID_SYSTEM = "https://github.com/carecourse/carecourse"
+_NPI = "http://hl7.org/fhir/sid/us-npi"
+_US_CORE = "http://hl7.org/fhir/us/core/StructureDefinition/"
+_UCUM = "http://unitsofmeasure.org"
+_NS = uuid.UUID("5d8b7a4e-8f0e-4c6e-9a51-2f1c3b1e7a10")  # carecourse's namespace for uuid5
+
+# v3 ActCode encounter classes (http://terminology.hl7.org/CodeSystem/v3-ActCode).
+_CLASS = {
+    "wellness": ("AMB", "ambulatory"), "ambulatory": ("AMB", "ambulatory"),
+    "outpatient": ("AMB", "ambulatory"), "urgentcare": ("AMB", "ambulatory"),
+    "emergency": ("EMER", "emergency"), "inpatient": ("IMP", "inpatient encounter"),
+    "hospice": ("HH", "home health"), "home": ("HH", "home health"),
+    "snf": ("IMP", "inpatient encounter"), "virtual": ("VR", "virtual"),
+}
+# CDC Race & Ethnicity code set (urn:oid:2.16.840.1.113883.6.238), as US Core requires.
+_RACE = {"white": ("2106-3", "White"), "black": ("2054-5", "Black or African American"),
+         "asian": ("2028-9", "Asian"), "native": ("1002-5", "American Indian or Alaska Native"),
+         "hawaiian": ("2076-8", "Native Hawaiian or Other Pacific Islander"),
+         "other": ("2131-1", "Other Race")}
+_ETHNICITY = {"hispanic": ("2135-2", "Hispanic or Latino"),
+              "nonhispanic": ("2186-5", "Not Hispanic or Latino")}
+_MARITAL = {"M": "Married", "S": "Never Married", "D": "Divorced", "W": "Widowed"}
+_LANG = {"english": ("en-US", "English (United States)"), "spanish": ("es", "Spanish")}
+_OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+_ALLERGY_CATEGORY = {"food", "medication", "environment", "biologic"}
+
+
+def _coding(c: Code) -> dict[str, str]:
+    return {"system": SYSTEMS.get(c.system, c.system), "code": c.code, "display": c.display}
+
+
+def _cc(codes: tuple[Code, ...] | Code | None) -> dict[str, Any]:
+    if codes is None:
+        return {}
+    if isinstance(codes, Code):
+        codes = (codes,)
+    out: dict[str, Any] = {"coding": [_coding(c) for c in codes]}
+    if codes:
+        out["text"] = codes[0].display
+    return out
+
+
+def _state_uuid(kind: str, abbr: str) -> str:
+    return str(uuid.uuid5(_NS, f"{kind}:{abbr}"))
+
+
+def _npi(abbr: str) -> str:
+    n = int(uuid.uuid5(_NS, f"npi:{abbr}").int % 10**8)
+    return f"99{n:08d}"
+
+
+def provider_resources(state: str, abbr: str, city: str, zip_code: str, *, bulk: bool = False
+                       ) -> list[dict[str, Any]]:
+    """The Organization, Location and Practitioner that stand for care in a state. With
+    ``bulk``, the Location refers to its Organization as ``Organization/id``."""
+    org_id = _state_uuid("organization", abbr)
+    return [
+        {"resourceType": "Organization", "id": org_id,
+         "meta": {"profile": [_US_CORE + "us-core-organization"]},
+         "identifier": [{"system": _ID_SYSTEM, "value": org_id}],
+         "active": True,
+         "type": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/organization-type",
+                               "code": "prov", "display": "Healthcare Provider"}],
+                   "text": "Healthcare Provider"}],
+         "name": f"{city} General Hospital",
+         "address": [{"city": city, "state": abbr, "postalCode": zip_code, "country": "US"}]},
+        {"resourceType": "Location", "id": _state_uuid("location", abbr),
+         "meta": {"profile": [_US_CORE + "us-core-location"]},
+         "identifier": [{"system": _ID_SYSTEM, "value": _state_uuid("location", abbr)}],
+         "status": "active", "name": f"{city} General Hospital",
+         "address": {"city": city, "state": abbr, "postalCode": zip_code, "country": "US"},
+         "managingOrganization": _Refs(bulk).provider("Organization", abbr)},
+        {"resourceType": "Practitioner", "id": _state_uuid("practitioner", abbr),
+         "meta": {"profile": [_US_CORE + "us-core-practitioner"]},
+         "identifier": [{"system": _NPI, "value": _npi(abbr)}],
+         "active": True,
+         "name": [{"family": "Practitioner", "given": [state], "prefix": ["Dr."]}]},
+    ]
+
+
+class _Refs:
+    """How a patient's resources refer to each other: bundle URNs or ``Type/id``."""
+
+    def __init__(self, bulk: bool) -> None:
+        self.bulk = bulk
+
+    def __call__(self, rtype: str, rid: str) -> dict[str, str]:
+        return {"reference": f"{rtype}/{rid}" if self.bulk else f"urn:uuid:{rid}"}
+
+    def provider(self, rtype: str, abbr: str) -> dict[str, str]:
+        if rtype == "Practitioner":
+            ident = f"{_NPI}|{_npi(abbr)}"
+            rid = _state_uuid("practitioner", abbr)
+        else:
+            rid = _state_uuid(rtype.lower(), abbr)
+            ident = f"{_ID_SYSTEM}|{rid}"
+        if self.bulk:
+            return {"reference": f"{rtype}/{rid}"}
+        return {"reference": f"{rtype}?identifier={ident}"}
+
+
+def patient_resources(person: Person, *, end: float | None = None, years_of_history: int = 0,
+                      bulk: bool = False, clock: Clock | None = None) -> list[dict[str, Any]]:
+    """Every FHIR resource of one patient, Patient first. With ``bulk``, references are
+    ``Type/id``; otherwise ``urn:uuid:<id>`` for use inside a transaction bundle."""
+    clock = clock or Clock()
+    ts = clock.stamp
+    ref = _Refs(bulk)
+    seed = person.seed
+    rec = person.record
+    end = end if end is not None else (person.end if person.end is not None else person.death)
+    cutoff = end - years_of_history * 365.25 if (years_of_history and end is not None) \
+        else -float("inf")
+    demo = person.demographics
+    abbr = getattr(demo, "state_abbr", "MA")
+    pid = person.id
+    patient_ref = ref("Patient", pid)
+    out: list[dict[str, Any]] = [_patient(person, clock)]
+
+    enc_ids: dict[int, str] = {}
+    for i, e in enumerate(rec.encounters):
+        if e.start < cutoff:
+            continue
+        eid = entry_id(seed, "encounter", i)
+        enc_ids[id(e)] = eid
+        code, display = _CLASS.get(e.encounter_class, ("AMB", "ambulatory"))
+        r: dict[str, Any] = {
+            "resourceType": "Encounter", "id": eid,
+            "meta": {"profile": [_US_CORE + "us-core-encounter"]},
+            "identifier": [{"use": "official", "system": _ID_SYSTEM, "value": eid}],
+            "status": "finished",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                      "code": code, "display": display},
+            "type": [_cc(e.codes)] if e.codes else [{"text": e.encounter_class}],
+            "subject": patient_ref,
+            "participant": [{"individual": ref.provider("Practitioner", abbr)}],
+            "period": {"start": ts(e.start), "end": ts(e.stop if e.stop is not None else e.start)},
+            "serviceProvider": ref.provider("Organization", abbr),
+        }
+        if e.reason is not None:
+            r["reasonCode"] = [_cc(e.reason)]
+        if e.discharge is not None:
+            r["hospitalization"] = {"dischargeDisposition": _cc(e.discharge)}
+        out.append(r)
+
+    def enc_ref(entry: Entry) -> dict[str, Any]:
+        eid = enc_ids.get(id(entry.encounter)) if entry.encounter is not None else None
+        return {"encounter": ref("Encounter", eid)} if eid else {}
+
+    def kept(entry: Entry) -> bool:
+        return entry.stop is None or entry.stop >= cutoff
+
+    cond_ids: dict[int, str] = {}
+    for i, c in enumerate(rec.conditions):
+        if not kept(c):
+            continue
+        cid = entry_id(seed, "condition", i)
+        cond_ids[id(c)] = cid
+        active = c.stop is None
+        r = {
+            "resourceType": "Condition", "id": cid,
+            "meta": {"profile": [_US_CORE + "us-core-condition-encounter-diagnosis"]},
+            "clinicalStatus": {"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                "code": "active" if active else "resolved"}]},
+            "verificationStatus": {"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+                "code": "confirmed"}]},
+            "category": [{"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/condition-category",
+                "code": "encounter-diagnosis", "display": "Encounter Diagnosis"}]}],
+            "code": _cc(c.codes), "subject": patient_ref, **enc_ref(c),
+            "onsetDateTime": ts(c.start), "recordedDate": ts(c.start),
+        }
+        if not active:
+            r["abatementDateTime"] = ts(c.stop)
+        out.append(r)
+
+    for i, a in enumerate(rec.allergies):
+        if not kept(a):
+            continue
+        r = {
+            "resourceType": "AllergyIntolerance", "id": entry_id(seed, "allergy", i),
+            "meta": {"profile": [_US_CORE + "us-core-allergyintolerance"]},
+            "clinicalStatus": {"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical",
+                "code": "active" if a.stop is None else "resolved"}]},
+            "verificationStatus": {"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification",
+                "code": "confirmed"}]},
+            "type": "intolerance" if a.allergy_type == "intolerance" else "allergy",
+            "code": _cc(a.codes), "patient": patient_ref, "recordedDate": ts(a.start),
+        }
+        if a.category in _ALLERGY_CATEGORY:
+            r["category"] = [a.category]
+        if a.reactions:
+            r["reaction"] = [{"manifestation": [_cc(code)], "severity": sev.lower()}
+                             for code, sev in a.reactions
+                             if sev.lower() in ("mild", "moderate", "severe")]
+            if not r["reaction"]:
+                del r["reaction"]
+        out.append(r)
+
+    obs_ids: dict[int, str] = {}
+    for i, o in enumerate(rec.observations):
+        if o.start < cutoff:
+            continue
+        oid = entry_id(seed, "observation", i)
+        obs_ids[id(o)] = oid
+        out.append(_observation(o, oid, patient_ref, enc_ref(o), ts))
+
+    for i, rep in enumerate(rec.reports):
+        if rep.start < cutoff:
+            continue
+        results = [ref("Observation", obs_ids[id(m)]) for m in rep.observations if id(m) in obs_ids]
+        out.append({
+            "resourceType": "DiagnosticReport", "id": entry_id(seed, "report", i),
+            "meta": {"profile": [_US_CORE + "us-core-diagnosticreport-lab"]},
+            "status": "final",
+            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074",
+                                      "code": "LAB", "display": "Laboratory"}]}],
+            "code": _cc(rep.codes), "subject": patient_ref, **enc_ref(rep),
+            "effectiveDateTime": ts(rep.start), "issued": _instant(ts(rep.start)),
+            **({"result": results} if results else {}),
+        })
+
+    for i, p in enumerate(rec.procedures):
+        if not kept(p):
+            continue
+        r = {
+            "resourceType": "Procedure", "id": entry_id(seed, "procedure", i),
+            "meta": {"profile": [_US_CORE + "us-core-procedure"]},
+            "status": "completed", "code": _cc(p.codes), "subject": patient_ref, **enc_ref(p),
+            "performedPeriod": {"start": ts(p.start),
+                                "end": ts(p.stop if p.stop is not None else p.start)},
+        }
+        if p.reason is not None:
+            r["reasonCode"] = [_cc(p.reason)]
+        out.append(r)
+
+    for i, m in enumerate(rec.medications):
+        if not kept(m):
+            continue
+        r = {
+            "resourceType": "MedicationRequest", "id": entry_id(seed, "medication", i),
+            "meta": {"profile": [_US_CORE + "us-core-medicationrequest"]},
+            "status": "active" if m.stop is None else ("completed" if m.administration
+                                                       else "stopped"),
+            "intent": "order",
+            "medicationCodeableConcept": _cc(m.codes),
+            "subject": patient_ref, **enc_ref(m),
+            "authoredOn": ts(m.start),
+            "requester": ref.provider("Practitioner", abbr),
+        }
+        if m.reason is not None:
+            r["reasonCode"] = [_cc(m.reason)]
+        dosage = _dosage(m.prescription)
+        if dosage:
+            r["dosageInstruction"] = [dosage]
+        out.append(r)
+
+    for i, v in enumerate(rec.immunizations):
+        if v.start < cutoff:
+            continue
+        out.append({
+            "resourceType": "Immunization", "id": entry_id(seed, "immunization", i),
+            "meta": {"profile": [_US_CORE + "us-core-immunization"]},
+            "status": "completed", "vaccineCode": _cc(v.codes), "patient": patient_ref,
+            **enc_ref(v), "occurrenceDateTime": ts(v.start), "primarySource": True,
+        })
+
+    for i, cp in enumerate(rec.careplans):
+        if not kept(cp):
+            continue
+        done = cp.stop is not None
+        r = {
+            "resourceType": "CarePlan", "id": entry_id(seed, "careplan", i),
+            "meta": {"profile": [_US_CORE + "us-core-careplan"]},
+            "text": {"status": "generated",
+                     "div": '<div xmlns="http://www.w3.org/1999/xhtml">Care Plan for '
+                            + _xml_escape(cp.codes[0].display if cp.codes else "") + "</div>"},
+            "status": "completed" if done else "active", "intent": "order",
+            "category": [{"coding": [{
+                "system": "http://hl7.org/fhir/us/core/CodeSystem/careplan-category",
+                "code": "assess-plan"}]}, _cc(cp.codes)],
+            "subject": patient_ref, **enc_ref(cp),
+            "period": {"start": ts(cp.start), **({"end": ts(cp.stop)} if done else {})},
+        }
+        if cp.activities:
+            r["activity"] = [{"detail": {"code": _cc(a),
+                                         "status": "completed" if done else "in-progress"}}
+                             for a in cp.activities]
+        out.append(r)
+
+    for i, d in enumerate(rec.devices):
+        if not kept(d):
+            continue
+        r = {
+            "resourceType": "Device", "id": entry_id(seed, "device", i),
+            "meta": {"profile": [_US_CORE + "us-core-implantable-device"]},
+            "status": "active" if d.stop is None else "inactive",
+            "type": _cc(d.codes), "patient": patient_ref,
+        }
+        if d.manufacturer:
+            r["manufacturer"] = d.manufacturer
+        if d.model:
+            r["deviceName"] = [{"name": d.model, "type": "model-name"}]
+        out.append(r)
+
+    for i, s in enumerate(rec.imaging_studies):
+        if s.start < cutoff:
+            continue
+        series = []
+        for j, se in enumerate(s.series):
+            item: dict[str, Any] = {"uid": dicom_uid(seed, f"series:{i}", j), "number": j + 1}
+            if se.get("modality") is not None:
+                item["modality"] = _coding(se["modality"])
+            if se.get("body_site") is not None:
+                item["bodySite"] = _coding(se["body_site"])
+            instances = []
+            for k, inst in enumerate(se.get("instances") or ()):
+                sop = inst.get("sop_class")
+                instances.append({
+                    "uid": dicom_uid(seed, f"instance:{i}:{j}", k), "number": k + 1,
+                    "sopClass": {"system": "urn:ietf:rfc:3986",
+                                 "code": f"urn:oid:{sop.code}" if sop else "urn:oid:1.2.840.10008.5.1.4.1.1.7"},
+                    **({"title": inst["title"]} if inst.get("title") else {})})
+            if instances:
+                item["instance"] = instances
+                item["numberOfInstances"] = len(instances)
+            if "modality" in item:
+                series.append(item)
+        r = {
+            "resourceType": "ImagingStudy", "id": entry_id(seed, "imaging", i),
+            "identifier": [{"system": "urn:ietf:rfc:3986",
+                            "value": f"urn:oid:{dicom_uid(seed, 'imaging', i)}"}],
+            "status": "available", "subject": patient_ref, **enc_ref(s),
+            "started": ts(s.start), "procedureCode": [_cc(s.codes)],
+        }
+        if series:
+            r["series"] = series
+            r["numberOfSeries"] = len(series)
+        out.append(r)
+
+    for i, sp in enumerate(rec.supplies):
+        if sp.start < cutoff:
+            continue
+        out.append({
+            "resourceType": "SupplyDelivery", "id": entry_id(seed, "supply", i),
+            "status": "completed", "patient": patient_ref,
+            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/supply-item-type",
+                                 "code": "device", "display": "Device"}]},
+            "suppliedItem": {"quantity": {"value": sp.quantity}, "itemCodeableConcept": _cc(sp.codes)},
+            "occurrenceDateTime": ts(sp.start),
+        })
+    return out
+
+
+def _instant(stamp: str) -> str:
+    # FHIR instant needs seconds and a zone; our stamps already have both.
+    return stamp
+
+
+def _xml_escape(s: str) -> str:
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _dosage(prescription: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not prescription:
+        return None
+    out: dict[str, Any] = {"sequence": 1}
+    if prescription.get("as_needed"):
+        out["asNeededBoolean"] = True
+    d = prescription.get("dosage")
+    if isinstance(d, dict):
+        timing: dict[str, Any] = {}
+        if "frequency" in d and "period" in d and "unit" in d:
+            unit = {"seconds": "s", "minutes": "min", "hours": "h", "days": "d", "weeks": "wk",
+                    "months": "mo", "years": "a"}.get(str(d["unit"]))
+            if unit:
+                timing = {"repeat": {"frequency": int(d["frequency"]), "period": float(d["period"]),
+                                     "periodUnit": unit}}
+        if timing:
+            out["timing"] = timing
+        if "amount" in d:
+            out["doseAndRate"] = [{"doseQuantity": {"value": d["amount"]}}]
+    if prescription.get("instructions"):
+        out["additionalInstruction"] = [_cc(tuple(
+            Code(str(c.get("system")), str(c.get("code")), str(c.get("display", "")))
+            for c in prescription["instructions"]))]
+    return out
+
+
+def _quantity(value: float, unit: str) -> dict[str, Any]:
+    q: dict[str, Any] = {"value": round(float(value), 4)}
+    if unit:
+        q.update({"unit": unit, "system": _UCUM, "code": unit})
+    return q
+
+
+def _value(o: Observation) -> dict[str, Any]:
+    v = o.value
+    if isinstance(v, bool):
+        return {"valueBoolean": v}
+    if isinstance(v, (int, float)):
+        return {"valueQuantity": _quantity(v, o.unit)}
+    if isinstance(v, Code):
+        return {"valueCodeableConcept": _cc(v)}
+    if isinstance(v, Entry) and v.codes:
+        return {"valueCodeableConcept": _cc(v.codes)}
+    if isinstance(v, tuple):
+        return {"valueString": " ".join(f"{x:g}" for x in v)}
+    if isinstance(v, str):
+        return {"valueString": v}
+    return {}
+
+
+def _observation(o: Observation, oid: str, patient_ref: dict[str, str], enc: dict[str, Any],
+                 ts: Callable[[float], str]) -> dict[str, Any]:
+    category = o.category or "laboratory"
+    r: dict[str, Any] = {
+        "resourceType": "Observation", "id": oid, "status": "final",
+        "category": [{"coding": [{"system": _OBS_CATEGORY, "code": category}]}],
+        "code": _cc(o.codes), "subject": patient_ref, **enc,
+        "effectiveDateTime": ts(o.start), "issued": _instant(ts(o.start)),
+    }
+    if category == "vital-signs":
+        r["meta"] = {"profile": ["http://hl7.org/fhir/StructureDefinition/vitalsigns"]}
+    elif category == "laboratory":
+        r["meta"] = {"profile": [_US_CORE + "us-core-observation-lab"]}
+    value = _value(o) if o.value is not None else {}
+    if o.components:
+        comps = []
+        for c in o.components:
+            cv = _value(c) if c.value is not None else {}
+            comps.append({"code": _cc(c.codes), **cv} if cv else
+                         {"code": _cc(c.codes), "dataAbsentReason": _ABSENT})
+        r["component"] = comps
+    if value:
+        r.update(value)
+    elif not o.components:
+        r["dataAbsentReason"] = _ABSENT
+    return r
+
+
+_ABSENT = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason",
+                       "code": "unknown", "display": "Unknown"}]}
+
+
+def _patient(person: Person, clock: Clock) -> dict[str, Any]:
+    demo = person.demographics
+    pid = person.id
+    race = _RACE.get(getattr(demo, "race", "other"), _RACE["other"])
+    eth = _ETHNICITY.get(getattr(demo, "ethnicity", "nonhispanic"), _ETHNICITY["nonhispanic"])
+    gender = "male" if person.gender == "M" else "female"
+    r: dict[str, Any] = {
+        "resourceType": "Patient", "id": pid,
+        "meta": {"profile": [_US_CORE + "us-core-patient"]},
+        "extension": [
+            {"url": _US_CORE + "us-core-race", "extension": [
+                {"url": "ombCategory", "valueCoding": {"system": "urn:oid:2.16.840.1.113883.6.238",
+                                                       "code": race[0], "display": race[1]}},
+                {"url": "text", "valueString": race[1]}]},
+            {"url": _US_CORE + "us-core-ethnicity", "extension": [
+                {"url": "ombCategory", "valueCoding": {"system": "urn:oid:2.16.840.1.113883.6.238",
+                                                       "code": eth[0], "display": eth[1]}},
+                {"url": "text", "valueString": eth[1]}]},
+            {"url": _US_CORE + "us-core-birthsex", "valueCode": person.gender},
+        ],
+        "identifier": [
+            {"system": _ID_SYSTEM, "value": pid},
+            {"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203",
+                                  "code": "MR", "display": "Medical Record Number"}],
+                      "text": "Medical Record Number"},
+             "system": "http://hospital.smarthealthit.org", "value": pid},
+        ],
+        "name": [{"use": "official", "family": getattr(demo, "last_name", "Doe"),
+                  "given": [getattr(demo, "first_name", "Pat")]}],
+        "gender": gender,
+        "birthDate": clock.date(person.birth),
+    }
+    ssn = getattr(demo, "ssn", "")
+    if ssn:
+        r["identifier"].append({
+            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203",
+                                 "code": "SS", "display": "Social Security Number"}],
+                     "text": "Social Security Number"},
+            "system": "http://hl7.org/fhir/sid/us-ssn", "value": ssn})
+    phone = getattr(demo, "phone", "")
+    if phone:
+        r["telecom"] = [{"system": "phone", "value": phone, "use": "home"}]
+    end = person.end
+    if person.death is not None and (end is None or person.death <= end):
+        r["deceasedDateTime"] = clock.stamp(person.death)
+    if demo is not None:
+        r["address"] = [{"line": [demo.address], "city": demo.city, "state": demo.state_abbr,
+                         "postalCode": demo.zip, "country": "US"}]
+        if demo.marital_status in _MARITAL:
+            r["maritalStatus"] = {"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus",
+                "code": demo.marital_status, "display": _MARITAL[demo.marital_status]}],
+                "text": _MARITAL[demo.marital_status]}
+        lang = _LANG.get(demo.first_language)
+        if lang:
+            r["communication"] = [{"language": {"coding": [{
+                "system": "urn:ietf:bcp:47", "code": lang[0], "display": lang[1]}],
+                "text": lang[1]}}]
+    return r
+
+
+def transaction_bundle(resources: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": f"urn:uuid:{r['id']}", "resource": r,
+         "request": {"method": "POST", "url": r["resourceType"]}} for r in resources]}
+
+
+def _provider_bundle(resources: list[dict[str, Any]]) -> dict[str, Any]:
+    entries = []
+    for r in resources:
+        ident = r["identifier"][0]
+        entries.append({"fullUrl": f"urn:uuid:{r['id']}", "resource": r, "request": {
+            "method": "POST", "url": r["resourceType"],
+            "ifNoneExist": f"identifier={ident['system']}|{ident['value']}"}})
+    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+
+def _all_providers(bulk: bool = False) -> dict[str, list[dict[str, Any]]]:
+    from simulator.demographics import _states
+
+    by_type: dict[str, list[dict[str, Any]]] = {"Organization": [], "Location": [],
+                                                 "Practitioner": []}
+    for s in _states():
+        for r in provider_resources(s.name, s.abbr, s.city, s.zip, bulk=bulk):
+            by_type[r["resourceType"]].append(r)
+    return by_type
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _check_history(years_of_history: int, end: float | None) -> None:
+    if not isinstance(years_of_history, int) or years_of_history < 0:
+        raise ConfigError(f"years_of_history must be a whole number >= 0, got {years_of_history!r}")
+
+
+class _FhirWriter:
+    def __init__(self, folder: Path, sink: FhirSink) -> None:
+        self.folder = folder
+        self.sink = sink
+        self.clock = Clock()
+
+    def write(self, person: Person) -> None:
+        res = patient_resources(person, end=self.sink.end, years_of_history=self.sink.years_of_history,
+                                clock=self.clock)
+        demo = person.demographics
+        name = f"{getattr(demo, 'first_name', 'Patient')}_{getattr(demo, 'last_name', '')}_{person.id}"
+        _write_atomic(self.folder / f"{name}.json", orjson.dumps(transaction_bundle(res)))
+
+    def close(self) -> None:
+        pass
+
+
+class FhirSink:
+    """One transaction bundle per patient in ``<out>/fhir/``, plus
+    ``hospitalInformation.json`` and ``practitionerInformation.json``."""
+
+    name = "fhir"
+
+    def __init__(self, *, years_of_history: int = 0, end: float | None = None) -> None:
+        _check_history(years_of_history, end)
+        self.years_of_history = years_of_history
+        self.end = end
+
+    def open(self, folder: Path) -> _FhirWriter:
+        return _FhirWriter(folder, self)
+
+    def merge(self, parts: list[Path], out: Path) -> None:
+        dest = out / "fhir"
+        dest.mkdir(parents=True, exist_ok=True)
+        providers = _all_providers()
+        _write_atomic(dest / "hospitalInformation.json", orjson.dumps(_provider_bundle(
+            providers["Organization"] + providers["Location"])))
+        _write_atomic(dest / "practitionerInformation.json", orjson.dumps(_provider_bundle(
+            providers["Practitioner"])))
+        for part in parts:
+            for f in sorted(part.glob("*.json")):
+                target = dest / f.name
+                if target.exists():
+                    raise OutputError(f"{target}: already exists; choose an empty --out folder")
+                os.replace(f, target)
+
+
+class _NdjsonWriter:
+    def __init__(self, folder: Path, sink: NdjsonSink) -> None:
+        self.folder = folder
+        self.sink = sink
+        self.clock = Clock()
+        self.files: dict[str, Any] = {}
+
+    def write(self, person: Person) -> None:
+        for r in patient_resources(person, end=self.sink.end, bulk=True,
+                                   years_of_history=self.sink.years_of_history, clock=self.clock):
+            f = self.files.get(r["resourceType"])
+            if f is None:
+                f = self.files[r["resourceType"]] = open(
+                    self.folder / f"{r['resourceType']}.ndjson", "ab")
+            f.write(orjson.dumps(r) + b"\n")
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+        self.files.clear()
+
+
+class NdjsonSink:
+    """FHIR Bulk Data style output in ``<out>/ndjson/``: one ``<ResourceType>.ndjson`` per
+    type (references as ``Type/id``) and a ``manifest.json`` shaped like an ``$export``
+    completion response."""
+
+    name = "ndjson"
+
+    def __init__(self, *, years_of_history: int = 0, end: float | None = None,
+                 transaction_time: str = "") -> None:
+        _check_history(years_of_history, end)
+        self.years_of_history = years_of_history
+        self.end = end
+        self.transaction_time = transaction_time
+
+    def open(self, folder: Path) -> _NdjsonWriter:
+        return _NdjsonWriter(folder, self)
+
+    def merge(self, parts: list[Path], out: Path) -> None:
+        dest = out / "ndjson"
+        dest.mkdir(parents=True, exist_ok=True)
+        counts: dict[str, int] = {}
+        providers = _all_providers(bulk=True)
+        types = sorted({f.stem for p in parts for f in p.glob("*.ndjson")} | set(providers))
+        for rtype in types:
+            tmp = dest / f".{rtype}.ndjson.tmp"
+            n = 0
+            with open(tmp, "wb") as w:
+                for r in providers.get(rtype, ()):
+                    w.write(orjson.dumps(r) + b"\n")
+                    n += 1
+                for p in parts:
+                    src = p / f"{rtype}.ndjson"
+                    if src.exists():
+                        with open(src, "rb") as f:
+                            for line in f:
+                                w.write(line)
+                                n += 1
+            os.replace(tmp, dest / f"{rtype}.ndjson")
+            counts[rtype] = n
+        manifest = {
+            "transactionTime": self.transaction_time,
+            "request": "carecourse run",
+            "requiresAccessToken": False,
+            "output": [{"type": t, "url": f"{t}.ndjson", "count": counts[t]} for t in types],
+            "error": [],
+        }
+        _write_atomic(dest / "manifest.json", orjson.dumps(manifest, option=orjson.OPT_INDENT_2))

@@ -1,0 +1,107 @@
+"""FHIR R4 export: every bundle and ndjson resource validates with fhir.resources, and the
+references that no validator checks resolve to resources of the right type."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+from fhir.resources.R4B import get_fhir_model_class
+from fhir.resources.R4B.bundle import Bundle
+
+from exporters.fhir import FhirSink, NdjsonSink
+from modules.loader import load_library
+from simulator.population import RunConfig, run_population
+from tests.conftest import SYNTHEA_MODULES
+
+#: Where a reference field must point.
+TARGET = {"subject": "Patient", "patient": "Patient", "encounter": "Encounter",
+          "result": "Observation"}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("fhir")
+    modules_dir = SYNTHEA_MODULES if SYNTHEA_MODULES.is_dir() else None
+    config = RunConfig(population=40, seed=9, reference_date=dt.date(2024, 6, 30),
+                       years_of_history=0, modules_dir=modules_dir, out=out)
+    load_library(modules_dir)  # fail early with a clear message if the library is broken
+    end = config.end
+    run_population(config, [FhirSink(end=end), NdjsonSink(end=end, transaction_time="x")],
+                   progress=False)
+    return out
+
+
+def bundles(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((out / "fhir").glob("*.json"))]
+
+
+def walk_references(node, field=None):
+    if isinstance(node, dict):
+        if "reference" in node and isinstance(node["reference"], str) and field:
+            yield field, node["reference"]
+        for k, v in node.items():
+            yield from walk_references(v, k)
+    elif isinstance(node, list):
+        for v in node:
+            yield from walk_references(v, field)
+
+
+def test_every_bundle_validates_as_r4(exported):
+    found = bundles(exported)
+    assert len(found) == 42  # 40 patients + hospital and practitioner bundles
+    for b in found:
+        Bundle.model_validate(b)
+
+
+def test_full_urls_unique_and_references_resolve_to_the_right_type(exported):
+    seen = set()
+    for b in bundles(exported):
+        types = {}
+        for e in b["entry"]:
+            assert e["fullUrl"] == f"urn:uuid:{e['resource']['id']}"
+            assert e["fullUrl"] not in seen
+            seen.add(e["fullUrl"])
+            types[e["fullUrl"]] = e["resource"]["resourceType"]
+            assert e["request"]["method"] == "POST"
+        for field, ref in walk_references(b["entry"]):
+            if ref.startswith("urn:uuid:"):
+                assert ref in types, ref
+                if field in TARGET:
+                    assert types[ref] == TARGET[field], (field, types[ref])
+            else:
+                assert ref.split("?")[0] in ("Organization", "Practitioner"), ref
+
+
+def test_patient_has_us_core_essentials(exported):
+    for b in bundles(exported):
+        first = b["entry"][0]["resource"]
+        if first["resourceType"] != "Patient":
+            continue
+        urls = {x["url"].rsplit("/", 1)[-1] for x in first["extension"]}
+        assert {"us-core-race", "us-core-ethnicity", "us-core-birthsex"} <= urls
+        assert first["identifier"][0]["system"] and first["name"][0]["family"]
+        assert first["gender"] in ("male", "female") and first["birthDate"]
+
+
+def test_ndjson_validates_and_references_resolve(exported):
+    folder = exported / "ndjson"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    ids: dict[str, set[str]] = {}
+    resources = []
+    for item in manifest["output"]:
+        lines = (folder / item["url"]).read_text().splitlines()
+        assert len(lines) == item["count"]
+        cls = get_fhir_model_class(item["type"])
+        for line in lines:
+            r = json.loads(line)
+            assert r["resourceType"] == item["type"]
+            cls.model_validate(r)
+            ids.setdefault(item["type"], set()).add(r["id"])
+            resources.append(r)
+    for r in resources:
+        for _field, ref in walk_references(r):
+            rtype, rid = ref.split("/")
+            assert rid in ids.get(rtype, set()), ref
