@@ -584,6 +584,23 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _checked(resources: list[dict[str, Any]], person: Person, validate: bool
+             ) -> list[dict[str, Any]]:
+    """With ``validate`` (``carecourse run --validate``), refuse to write a patient whose
+    resources do not validate, naming the patient, resource and path."""
+    if validate:
+        from exporters.validate import validate_resource
+
+        problems = [p for r in resources
+                    for p in validate_resource(r, f"{r.get('resourceType')}/{r.get('id')}",
+                                               f"patient {person.index} ({person.id})")]
+        if problems:
+            shown = "\n".join(str(p) for p in problems[:10])
+            more = f"\n... and {len(problems) - 10} more" if len(problems) > 10 else ""
+            raise OutputError(f"FHIR validation failed:\n{shown}{more}")
+    return resources
+
+
 def _check_history(years_of_history: int, end: float | None) -> None:
     if not isinstance(years_of_history, int) or years_of_history < 0:
         raise ConfigError(f"years_of_history must be a whole number >= 0, got {years_of_history!r}")
@@ -596,8 +613,9 @@ class _FhirWriter:
         self.clock = Clock()
 
     def write(self, person: Person) -> None:
-        res = patient_resources(person, end=self.sink.end, years_of_history=self.sink.years_of_history,
-                                clock=self.clock)
+        res = _checked(patient_resources(person, end=self.sink.end, clock=self.clock,
+                                         years_of_history=self.sink.years_of_history),
+                       person, self.sink.validate)
         demo = person.demographics
         name = f"{getattr(demo, 'first_name', 'Patient')}_{getattr(demo, 'last_name', '')}_{person.id}"
         _write_atomic(self.folder / f"{name}.json", orjson.dumps(transaction_bundle(res)))
@@ -612,10 +630,12 @@ class FhirSink:
 
     name = "fhir"
 
-    def __init__(self, *, years_of_history: int = 0, end: float | None = None) -> None:
+    def __init__(self, *, years_of_history: int = 0, end: float | None = None,
+                 validate: bool = False) -> None:
         _check_history(years_of_history, end)
         self.years_of_history = years_of_history
         self.end = end
+        self.validate = validate
 
     def open(self, folder: Path) -> _FhirWriter:
         return _FhirWriter(folder, self)
@@ -644,8 +664,9 @@ class _NdjsonWriter:
         self.files: dict[str, Any] = {}
 
     def write(self, person: Person) -> None:
-        for r in patient_resources(person, end=self.sink.end, bulk=True,
-                                   years_of_history=self.sink.years_of_history, clock=self.clock):
+        for r in _checked(patient_resources(person, end=self.sink.end, bulk=True,
+                                            years_of_history=self.sink.years_of_history,
+                                            clock=self.clock), person, self.sink.validate):
             f = self.files.get(r["resourceType"])
             if f is None:
                 f = self.files[r["resourceType"]] = open(
@@ -666,11 +687,12 @@ class NdjsonSink:
     name = "ndjson"
 
     def __init__(self, *, years_of_history: int = 0, end: float | None = None,
-                 transaction_time: str = "") -> None:
+                 transaction_time: str = "", validate: bool = False) -> None:
         _check_history(years_of_history, end)
         self.years_of_history = years_of_history
         self.end = end
         self.transaction_time = transaction_time
+        self.validate = validate
 
     def open(self, folder: Path) -> _NdjsonWriter:
         return _NdjsonWriter(folder, self)

@@ -93,8 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--processes", type=_positive, default=1, help="worker processes")
     r.add_argument("--lenient", action="store_true",
                    help="load modules with transitions to missing states (error only if taken)")
+    r.add_argument("--validate", action="store_true",
+                   help="validate FHIR resources as they are written (fhir/ndjson formats)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.set_defaults(func=_cmd_run)
+
+    v = sub.add_parser("validate", help="validate FHIR R4 files or folders (.json, .ndjson)")
+    v.add_argument("paths", nargs="+", type=Path)
+    v.add_argument("--max-errors", type=_non_negative, default=50, metavar="N",
+                   help="print at most N errors (all are counted; default 50)")
+    v.set_defaults(func=_cmd_validate)
 
     m = sub.add_parser("modules", help="list, validate and draw disease modules")
     msub = m.add_subparsers(dest="modules_command", required=True)
@@ -139,12 +147,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         sinks.append(CsvSink(years_of_history=config.years_of_history, end=config.end))
     if "fhir" in args.format:
         from exporters.fhir import FhirSink
-        sinks.append(FhirSink(years_of_history=config.years_of_history, end=config.end))
+        sinks.append(FhirSink(years_of_history=config.years_of_history, end=config.end,
+                              validate=args.validate))
     if "ndjson" in args.format:
         from exporters.fhir import NdjsonSink
         sinks.append(NdjsonSink(years_of_history=config.years_of_history, end=config.end,
                                 transaction_time=f"{config.end_date or config.reference_date}"
-                                                 f"T00:00:00Z"))
+                                                 f"T00:00:00Z", validate=args.validate))
     summary = run_population(config, sinks, progress=not args.no_progress)
     _print_summary(summary, config)
     return 0
@@ -161,6 +170,21 @@ def _print_summary(summary, config) -> None:
         for name, n in summary.conditions.most_common(10):
             print(f"    {n:6d}  {name}")
     print(f"  output: {config.out.resolve()}")
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from exporters.validate import validate_fhir_paths
+
+    report = validate_fhir_paths(args.paths)
+    for p in report.problems[: args.max_errors]:
+        print(f"error: {p}")
+    if len(report.problems) > args.max_errors:
+        print(f"... {len(report.problems) - args.max_errors} more error(s) not shown")
+    print(f"{report.files} file(s), {report.resources} resource(s), "
+          f"{len(report.problems)} error(s)")
+    for kind, n in report.by_kind.most_common():
+        print(f"  {n:6d}  {kind}")
+    return 1 if report.problems else 0
 
 
 def _cmd_modules_list(args: argparse.Namespace) -> int:
@@ -216,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("carecourse: interrupted; no output was written", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into a command that stopped reading (head)
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
