@@ -25,11 +25,13 @@ TARGET = {"subject": "Patient", "patient": "Patient", "encounter": "Encounter",
 def exported(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("fhir")
     modules_dir = SYNTHEA_MODULES if SYNTHEA_MODULES.is_dir() else None
-    config = RunConfig(population=40, seed=9, reference_date=dt.date(2024, 6, 30),
-                       years_of_history=0, modules_dir=modules_dir, out=out)
+    config = RunConfig(population=200, seed=9, reference_date=dt.date(2024, 6, 30),
+                       years_of_history=10, modules_dir=modules_dir, out=out, processes=2)
     load_library(modules_dir)  # fail early with a clear message if the library is broken
     end = config.end
-    run_population(config, [FhirSink(end=end), NdjsonSink(end=end, transaction_time="x")],
+    history = config.years_of_history
+    run_population(config, [FhirSink(end=end, years_of_history=history),
+                            NdjsonSink(end=end, years_of_history=history, transaction_time="x")],
                    progress=False)
     return out
 
@@ -51,7 +53,7 @@ def walk_references(node, field=None):
 
 def test_every_bundle_validates_as_r4(exported):
     found = bundles(exported)
-    assert len(found) == 42  # 40 patients + hospital and practitioner bundles
+    assert len(found) == 202  # 200 patients + hospital and practitioner bundles
     for b in found:
         Bundle.model_validate(b)
 
