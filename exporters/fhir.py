@@ -333,6 +333,46 @@ def patient_resources(person: Person, *, end: float | None = None, years_of_hist
             r["activity"] = [{"detail": {"code": _cc(a),
                                          "status": "completed" if done else "in-progress"}}
                              for a in cp.activities]
+        if cp.reasons:
+            r["addresses"] = [ref("Condition", cond_ids[id(c)]) for c in
+                              _reason_conditions(rec.conditions, cp.reasons) if id(c) in cond_ids]
+            if not r["addresses"]:
+                del r["addresses"]
+        # A care team per care plan: the patient's practitioner and organization.
+        team_id = entry_id(seed, "careteam", i)
+        period = {"start": ts(cp.start), **({"end": ts(cp.stop)} if done else {})}
+        out.append({
+            "resourceType": "CareTeam", "id": team_id,
+            "meta": {"profile": [_US_CORE + "us-core-careteam"]},
+            "status": "inactive" if done else "active",
+            "subject": patient_ref, **enc_ref(cp), "period": period,
+            "participant": [
+                {"role": [{"coding": [{"system": "http://snomed.info/sct", "code": "223366009",
+                                       "display": "Healthcare professional (occupation)"}]}],
+                 "member": ref.provider("Practitioner", abbr)},
+                {"role": [{"coding": [{"system": "http://snomed.info/sct", "code": "224891009",
+                                       "display": "Healthcare services (qualifier value)"}]}],
+                 "member": ref.provider("Organization", abbr)},
+            ],
+            **({"reasonCode": [_cc(cp.reasons)]} if cp.reasons else {}),
+            "managingOrganization": [ref.provider("Organization", abbr)],
+        })
+        r["careTeam"] = [ref("CareTeam", team_id)]
+        goal_refs = []
+        for j, g in enumerate(cp.goals):
+            text = _goal_text(g)
+            if not text:
+                continue
+            gid = entry_id(seed, f"goal:{i}", j)
+            out.append({
+                "resourceType": "Goal", "id": gid,
+                "meta": {"profile": [_US_CORE + "us-core-goal"]},
+                "lifecycleStatus": "completed" if done else "active",
+                "description": {"text": text}, "subject": patient_ref,
+            })
+            goal_refs.append(ref("Goal", gid))
+        if goal_refs:
+            r["goal"] = goal_refs
         out.append(r)
 
     for i, d in enumerate(rec.devices):
@@ -397,6 +437,28 @@ def patient_resources(person: Person, *, end: float | None = None, years_of_hist
             "occurrenceDateTime": ts(sp.start),
         })
     return out
+
+
+def _reason_conditions(conditions: list[Any], reasons: tuple[Code, ...]) -> list[Any]:
+    codes = {c.code for c in reasons}
+    return [c for c in conditions if c.codes and c.codes[0].code in codes][-1:]
+
+
+def _goal_text(goal: Any) -> str:
+    """A readable description of a GMF care-plan goal."""
+    if not isinstance(goal, dict):
+        return ""
+    if goal.get("text"):
+        return str(goal["text"])
+    obs = goal.get("observation")
+    if isinstance(obs, dict):
+        codes = obs.get("codes") or [{}]
+        what = codes[0].get("display", codes[0].get("code", "observation"))
+        return f"{what} {obs.get('operator', '')} {obs.get('value', '')}".strip()
+    for key in ("codes",):
+        if goal.get(key):
+            return str(goal[key][0].get("display", ""))
+    return ""
 
 
 def _instant(stamp: str) -> str:

@@ -100,6 +100,11 @@ REQUIRED_CODES: dict[tuple[str, str], frozenset[str]] = {
     ("Device", "status"): frozenset({"active", "inactive", "entered-in-error", "unknown"}),
     ("ImagingStudy", "status"): frozenset({"registered", "available", "cancelled",
                                            "entered-in-error", "unknown"}),
+    ("CareTeam", "status"): frozenset({"proposed", "active", "suspended", "inactive",
+                                       "entered-in-error"}),
+    ("Goal", "lifecycleStatus"): frozenset({"proposed", "planned", "accepted", "active",
+                                            "on-hold", "completed", "cancelled",
+                                            "entered-in-error", "rejected"}),
     ("SupplyDelivery", "status"): frozenset({"in-progress", "completed", "abandoned",
                                              "entered-in-error"}),
 }

@@ -18,7 +18,8 @@ from tests.conftest import SYNTHEA_MODULES
 
 #: Where a reference field must point.
 TARGET = {"subject": "Patient", "patient": "Patient", "encounter": "Encounter",
-          "result": "Observation"}
+          "result": "Observation", "addresses": "Condition", "careTeam": "CareTeam",
+          "goal": "Goal"}
 
 
 @pytest.fixture(scope="module")
