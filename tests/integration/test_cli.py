@@ -85,6 +85,8 @@ def test_filters_age_gender_state(tmp_path):
     (["--end-date", "2001-01-01"], "is before --reference-date"),
     (["--module", "no_such_module"], "--module 'no_such_module' is not a top-level module"),
     (["--format", "csv,pdf"], "unknown format 'pdf'"),
+    (["--modules-dir", "/nonexistent/modules"], "module library folder not found"),
+    (["--processes", "0"], "must be at least 1"),
 ])
 def test_bad_options_exit_2_with_a_message(tmp_path, capsys, args, message):
     out = tmp_path / "o"
