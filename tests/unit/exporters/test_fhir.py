@@ -4,12 +4,15 @@ references that no validator checks resolve to resources of the right type."""
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import json
+from functools import cache
 from pathlib import Path
 
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.bundle import Bundle
+from jsonschema import Draft6Validator
 
 from exporters.fhir import FhirSink, NdjsonSink
 from modules.loader import load_library
@@ -57,6 +60,40 @@ def test_every_bundle_validates_as_r4(exported):
     assert len(found) == 202  # 200 patients + hospital and practitioner bundles
     for b in found:
         Bundle.model_validate(b)
+
+
+@cache
+def _schema_definitions() -> dict:
+    path = Path(__file__).resolve().parents[2] / "data" / "fhir.schema.json.gz"
+    with gzip.open(path) as f:
+        return json.load(f)["definitions"]
+
+
+@cache
+def schema_validator(rtype: str) -> Draft6Validator:
+    """A validator for one resource type from HL7's official R4 JSON Schema."""
+    return Draft6Validator({"$ref": f"#/definitions/{rtype}", "definitions": _schema_definitions()})
+
+
+def test_every_resource_validates_against_the_official_r4_json_schema(exported):
+    problems = []
+    for b in bundles(exported):
+        shell = {**b, "entry": [{k: v for k, v in e.items() if k != "resource"}
+                                for e in b["entry"]]}
+        problems += [("Bundle", e.message) for e in schema_validator("Bundle").iter_errors(shell)]
+        for e in b["entry"]:
+            r = e["resource"]
+            problems += [(r["resourceType"], list(err.absolute_path), err.message[:200])
+                         for err in schema_validator(r["resourceType"]).iter_errors(r)]
+    assert problems == []
+
+
+def test_the_schema_validator_catches_what_it_should():
+    v = schema_validator("Observation")
+    good = {"resourceType": "Observation", "status": "final", "code": {"text": "x"}}
+    assert list(v.iter_errors(good)) == []
+    assert list(v.iter_errors({**good, "status": "bogus"}))
+    assert list(v.iter_errors({**good, "colour": "red"}))
 
 
 def test_full_urls_unique_and_references_resolve_to_the_right_type(exported):
