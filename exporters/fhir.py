@@ -66,6 +66,8 @@ _MARITAL = {"M": "Married", "S": "Never Married", "D": "Divorced", "W": "Widowed
 _LANG = {"english": ("en-US", "English (United States)"), "spanish": ("es", "Spanish")}
 _OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 _ALLERGY_CATEGORY = {"food", "medication", "environment", "biologic"}
+_OBS_CATEGORIES = {"social-history", "vital-signs", "imaging", "laboratory", "procedure",
+                   "survey", "exam", "therapy", "activity"}
 
 
 def _coding(c: Code) -> dict[str, str]:
@@ -525,7 +527,10 @@ def _observation(o: Observation, oid: str, patient_ref: dict[str, str], enc: dic
     category = o.category or "laboratory"
     r: dict[str, Any] = {
         "resourceType": "Observation", "id": oid, "status": "final",
-        "category": [{"coding": [{"system": _OBS_CATEGORY, "code": category}]}],
+        # Synthea's modules use a few categories outside HL7's observation-category codes
+        # (food, environment, medication): those are kept as text, not miscoded.
+        "category": [{"coding": [{"system": _OBS_CATEGORY, "code": category}]}
+                     if category in _OBS_CATEGORIES else {"text": category}],
         "code": _cc(o.codes), "subject": patient_ref, **enc,
         "effectiveDateTime": ts(o.start), "issued": _instant(ts(o.start)),
     }
