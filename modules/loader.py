@@ -14,7 +14,6 @@ submodules live in subfolders and are named by their path without ``.json``
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -375,25 +374,23 @@ def load_library(root: Path | str | None = None, *, lenient: bool = False) -> Mo
 
 
 def load_module_file(path: Path | str, *, lenient: bool = False) -> Module:
-    """Load a single module file, its library being the folder it is in (or the nearest
-    ancestor holding ``lookup_tables``)."""
+    """Load and validate one module file. Its library (for submodules and lookup tables)
+    is the nearest folder above it that holds ``lookup_tables``, else its own folder."""
     path = Path(path)
+    if not path.is_file():
+        raise ModuleError(f"{path}: no such module file")
     root = _library_root(path)
-    lib = load_library(root, lenient=lenient) if root != path.parent else None
-    if lib is None:
-        files = _scan(root)
-        modules, found = _build(root, {k: v for k, v in files.items() if v == path} or
-                                {path.stem: path}, set(files))
-        errors = [p for sev, p in found if sev == ERROR]
-        if lenient:
-            errors = [e for e in errors if "transition to missing state" not in e.message]
-        if errors:
-            raise ModuleValidationError(errors)
-        return next(iter(modules.values()))
-    for m in lib.modules.values():
-        if m.path.resolve() == path.resolve():
-            return m
-    raise ModuleError(f"{path}: not found in library {root}")
+    resolved = path.resolve()
+    key = resolved.relative_to(root).with_suffix("").as_posix() \
+        if resolved.is_relative_to(root) else path.stem
+    modules, found = _build(root, {key: path}, set(_scan(root)))
+    _tables, table_problems = _load_tables(root, modules)
+    errors = [p for sev, p in found if sev == ERROR] + table_problems
+    if lenient:
+        errors = [e for e in errors if "transition to missing state" not in e.message]
+    if errors:
+        raise ModuleValidationError(errors)
+    return modules[key]
 
 
 def _library_root(path: Path) -> Path:
@@ -430,7 +427,3 @@ def validate_paths(paths: list[Path | str]) -> tuple[int, list[Problem], list[Pr
     errors = list(dict.fromkeys(errors))
     warnings = list(dict.fromkeys(warnings))
     return count, errors, warnings
-
-
-def problem_summary(problems: list[Problem]) -> Counter:
-    return Counter(p.file for p in problems)

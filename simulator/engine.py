@@ -26,6 +26,9 @@ from simulator.transitions import compile_transition
 __all__ = ["Program", "ModuleRun", "Shared", "compile_library", "compile_module", "run_module"]
 
 
+_MAX_INSTANT_STEPS = 100_000
+
+
 class Program:
     """A module compiled for execution."""
 
@@ -182,9 +185,16 @@ def run_module(run: ModuleRun) -> Generator[Any, Any, bool]:
     states = run.program.states
     state = run.program.initial
     t = env.now
+    steps = 0  # states run since time last passed: a module that never waits is a bug
     while True:
         if person.death is not None and person.death <= t:
             return False
+        steps += 1
+        if steps > _MAX_INSTANT_STEPS:
+            raise SimulationError(
+                f"module {run.module_name!r}: more than {_MAX_INSTANT_STEPS} states in one "
+                f"instant, last {state.name!r}; a loop in the module has no Delay, Guard or "
+                f"Encounter to let time pass")
         name = state.name
         run.state_name = name
         run.enter(name, t)
@@ -220,6 +230,7 @@ def run_module(run: ModuleRun) -> Generator[Any, Any, bool]:
                     return True
                 yield r
                 t = env.now
+                steps = 0
                 if person.death is not None and person.death <= t:
                     return False
                 if not state.recheck:

@@ -178,10 +178,6 @@ def _min_next(subs: list[Cond]) -> NextChange | None:
     return lambda run, t: min(f(run, t) for f in timed)
 
 
-def _attr_value(attribute: str) -> Cond:
-    return Cond(lambda run, t: run.person.attributes.get(attribute))
-
-
 def _gender(spec: dict[str, Any]) -> Cond:
     g = spec["gender"]
     return Cond(lambda run, t: run.person.attributes.get("gender") == g, frozenset({"gender"}))

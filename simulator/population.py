@@ -6,7 +6,6 @@ order. The same seed gives byte-identical output whatever the number of processe
 from __future__ import annotations
 
 import datetime as dt
-import os
 import shutil
 import tempfile
 from collections import Counter
@@ -20,7 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 import simpy
 
-from modules.errors import ConfigError, OutputError, SimulationError
+from modules.errors import ConfigError, OutputError
 from modules.loader import ModuleLibrary, load_library
 from simulator.demographics import sample_demographics
 from simulator.engine import ModuleRun, Program, compile_library, run_module
@@ -137,12 +136,7 @@ def simulate_patient(index: int, config: RunConfig, programs: dict[str, Program]
         env.process(run_module(run))
     end_timer = env.timeout(max(0.0, end - birth))
     end_timer.callbacks.append(lambda _e: None if stop.triggered else stop.succeed())
-    try:
-        env.run(until=stop)
-    except SimulationError:
-        raise
-    except RecursionError as exc:  # pragma: no cover - a module looping without waiting
-        raise SimulationError(f"patient {index}: a module loops without time passing ({exc})") from None
+    env.run(until=stop)
     t_end = min(end, person.death) if person.death is not None else end
     for enc in person.record.encounters:
         if not enc.ended:
@@ -295,6 +289,3 @@ def run_population(config: RunConfig, sinks: list[Any], *, progress: bool = True
     total.seconds = time.perf_counter() - t0
     return total
 
-
-def _cpu_count() -> int:
-    return os.cpu_count() or 1

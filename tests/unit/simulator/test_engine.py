@@ -120,3 +120,14 @@ def test_transition_to_missing_state_is_named_when_taken(tmp_path):
     h.start("broken")
     with pytest.raises(SimulationError, match="'broken'.*missing state 'Gone'"):
         h.run_until(T0 + 1)
+
+
+def test_a_loop_that_never_waits_is_named(tmp_path):
+    programs = library(tmp_path, spin={
+        "Initial": {"type": "Initial", "direct_transition": "A"},
+        "A": {"type": "Simple", "direct_transition": "B"},
+        "B": {"type": "Simple", "direct_transition": "A"}})
+    h = make_harness(programs)
+    h.start("spin")
+    with pytest.raises(SimulationError, match="'spin'.*no Delay, Guard or Encounter"):
+        h.run_until(T0 + 1)
