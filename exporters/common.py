@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import uuid
 
 __all__ = ["entry_id", "dicom_uid", "Clock", "MS_PER_DAY"]
 
@@ -23,8 +22,16 @@ def entry_id(seed: int, kind: str, index: int) -> str:
     True
     >>> entry_id(12345, "encounter", 0) != entry_id(12345, "encounter", 1)
     True
+    >>> import uuid
+    >>> str(uuid.UUID(entry_id(7, "x", 3))) == entry_id(7, "x", 3)
+    True
     """
-    return str(uuid.UUID(bytes=_digest(seed, kind, index), version=4))
+    b = bytearray(_digest(seed, kind, index))
+    # The version-4 layout, as uuid.UUID(bytes=..., version=4) sets it, without building one.
+    b[6] = (b[6] & 0x0F) | 0x40
+    b[8] = (b[8] & 0x3F) | 0x80
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _digest(seed: int, kind: str, index: int) -> bytes:

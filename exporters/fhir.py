@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -75,20 +76,28 @@ def _coding(c: Code) -> dict[str, str]:
 
 
 def _cc(codes: tuple[Code, ...] | Code | None) -> dict[str, Any]:
+    """A CodeableConcept. Built once per distinct codes and shared (never mutated after)."""
     if codes is None:
         return {}
     if isinstance(codes, Code):
         codes = (codes,)
+    return _cc_cached(codes)
+
+
+@lru_cache(maxsize=65536)
+def _cc_cached(codes: tuple[Code, ...]) -> dict[str, Any]:
     out: dict[str, Any] = {"coding": [_coding(c) for c in codes]}
     if codes:
         out["text"] = codes[0].display
     return out
 
 
+@lru_cache(maxsize=4096)
 def _state_uuid(kind: str, abbr: str) -> str:
     return str(uuid.uuid5(_NS, f"{kind}:{abbr}"))
 
 
+@lru_cache(maxsize=1024)
 def _npi(abbr: str) -> str:
     n = int(uuid.uuid5(_NS, f"npi:{abbr}").int % 10**8)
     return f"99{n:08d}"
