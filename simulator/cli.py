@@ -17,7 +17,7 @@ from modules.errors import CarecourseError, ConfigError
 
 __all__ = ["main", "build_parser"]
 
-FORMATS = ("csv", "fhir", "ndjson")
+FORMATS = ("csv", "fhir", "ndjson", "ccda")
 
 
 def _date(text: str) -> dt.date:
@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run only this top-level module (repeatable)")
     r.add_argument("--out", type=Path, default=Path("output"), help="output folder")
     r.add_argument("--format", type=_formats, default=("csv",),
-                   help="output formats, comma-separated: csv, fhir, ndjson (default csv)")
+                   help="output formats, comma-separated: csv, fhir, ndjson, ccda (default csv)")
     r.add_argument("--processes", type=_positive, default=1, help="worker processes")
     r.add_argument("--lenient", action="store_true",
                    help="load modules with transitions to missing states (error only if taken)")
@@ -154,6 +154,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         sinks.append(NdjsonSink(years_of_history=config.years_of_history, end=config.end,
                                 transaction_time=f"{config.end_date or config.reference_date}"
                                                  f"T00:00:00Z", validate=args.validate))
+    if "ccda" in args.format:
+        from exporters.ccda import CcdaSink
+        sinks.append(CcdaSink(years_of_history=config.years_of_history, end=config.end))
     summary = run_population(config, sinks, progress=not args.no_progress)
     _print_summary(summary, config)
     return 0

@@ -57,7 +57,7 @@ def test_run_writes_synthea_csv_and_a_summary(tmp_path, capsys):
 
 def test_same_seed_same_bytes_with_one_or_two_processes(tmp_path):
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
-    formats = ("--format", "csv,fhir,ndjson")
+    formats = ("--format", "csv,fhir,ndjson,ccda")
     assert run_cli("run", "-p", 30, "-s", 11, "--out", a, *formats, *FIXED) == 0
     assert run_cli("run", "-p", 30, "-s", 11, "--out", b, "--processes", 2, *formats,
                    *FIXED) == 0
