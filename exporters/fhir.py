@@ -15,6 +15,7 @@ server resolves against the organization and practitioner bundles (uploaded firs
 
 from __future__ import annotations
 
+import base64
 import os
 import uuid
 from collections.abc import Callable
@@ -292,16 +293,23 @@ def patient_resources(person: Person, *, end: float | None = None, years_of_hist
             r["reasonCode"] = [_cc(p.reason)]
         out.append(r)
 
+    med_ids: dict[str, str] = {}
     for i, m in enumerate(rec.medications):
         if not kept(m):
             continue
+        code = m.codes[0].code if m.codes else ""
+        med_id = med_ids.get(code)
+        if med_id is None:  # one Medication resource per drug the patient was given
+            med_id = med_ids[code] = entry_id(seed, f"drug:{code}", 0)
+            out.append({"resourceType": "Medication", "id": med_id, "status": "active",
+                        "code": _cc(m.codes)})
         r = {
             "resourceType": "MedicationRequest", "id": entry_id(seed, "medication", i),
             "meta": {"profile": [_US_CORE + "us-core-medicationrequest"]},
             "status": "active" if m.stop is None else ("completed" if m.administration
                                                        else "stopped"),
             "intent": "order",
-            "medicationCodeableConcept": _cc(m.codes),
+            "medicationReference": ref("Medication", med_id),
             "subject": patient_ref, **enc_ref(m),
             "authoredOn": ts(m.start),
             "requester": ref.provider("Practitioner", abbr),
@@ -446,6 +454,54 @@ def patient_resources(person: Person, *, end: float | None = None, years_of_hist
                                  "code": "device", "display": "Device"}]},
             "suppliedItem": {"quantity": {"value": sp.quantity}, "itemCodeableConcept": _cc(sp.codes)},
             "occurrenceDateTime": ts(sp.start),
+        })
+    out.extend(_clinical_notes(person, rec.encounters, enc_ids, ref, abbr, ts))
+    return out
+
+
+def _clinical_notes(person: Person, encounters: list[Any], enc_ids: dict[int, str], ref: Any,
+                    abbr: str, ts: Callable[[float], str]) -> list[dict[str, Any]]:
+    """A US Core clinical note (DocumentReference) per exported encounter: a plain-text
+    summary of what the encounter recorded, base64-encoded."""
+    rec = person.record
+    by_enc: dict[int, list[str]] = {}
+    for kind, entries in (("Condition", rec.conditions), ("Medication", rec.medications),
+                          ("Procedure", rec.procedures), ("Immunization", rec.immunizations),
+                          ("Care plan", rec.careplans)):
+        for e in entries:
+            if e.encounter is not None and id(e.encounter) in enc_ids and e.codes:
+                by_enc.setdefault(id(e.encounter), []).append(f"{kind}: {e.codes[0].display}")
+    demo = person.demographics
+    out = []
+    for i, e in enumerate(encounters):
+        eid = enc_ids.get(id(e))
+        if eid is None:
+            continue
+        what = e.codes[0].display if e.codes else e.encounter_class
+        lines = [f"{ts(e.start)[:10]}", f"{getattr(demo, 'first_name', '')} "
+                 f"{getattr(demo, 'last_name', '')}: {what} ({e.encounter_class})", ""]
+        lines += by_enc.get(id(e), ["No new findings."])
+        data = base64.b64encode("\n".join(lines).encode()).decode()
+        out.append({
+            "resourceType": "DocumentReference", "id": entry_id(person.seed, "note", i),
+            "meta": {"profile": [_US_CORE + "us-core-documentreference"]},
+            "status": "current",
+            "type": {"coding": [{"system": "http://loinc.org", "code": "34117-2",
+                                 "display": "History and physical note"}]},
+            "category": [{"coding": [{
+                "system": "http://hl7.org/fhir/us/core/CodeSystem/us-core-documentreference-category",
+                "code": "clinical-note", "display": "Clinical Note"}]}],
+            "subject": ref("Patient", person.id),
+            "date": ts(e.start),
+            "author": [ref.provider("Practitioner", abbr)],
+            "custodian": ref.provider("Organization", abbr),
+            "content": [{"attachment": {"contentType": "text/plain; charset=utf-8", "data": data},
+                         "format": {"system": "http://ihe.net/fhir/ihe.formatcode.fhir/CodeSystem/formatcode",
+                                    "code": "urn:ihe:iti:xds:2017:mimeTypeSufficient",
+                                    "display": "mimeType Sufficient"}}],
+            "context": {"encounter": [ref("Encounter", eid)],
+                        "period": {"start": ts(e.start),
+                                   "end": ts(e.stop if e.stop is not None else e.start)}},
         })
     return out
 

@@ -105,6 +105,8 @@ REQUIRED_CODES: dict[tuple[str, str], frozenset[str]] = {
     ("Goal", "lifecycleStatus"): frozenset({"proposed", "planned", "accepted", "active",
                                             "on-hold", "completed", "cancelled",
                                             "entered-in-error", "rejected"}),
+    ("DocumentReference", "status"): frozenset({"current", "superseded", "entered-in-error"}),
+    ("Medication", "status"): frozenset({"active", "inactive", "entered-in-error"}),
     ("SupplyDelivery", "status"): frozenset({"in-progress", "completed", "abandoned",
                                              "entered-in-error"}),
 }

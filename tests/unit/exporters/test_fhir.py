@@ -22,7 +22,7 @@ from tests.conftest import SYNTHEA_MODULES
 #: Where a reference field must point.
 TARGET = {"subject": "Patient", "patient": "Patient", "encounter": "Encounter",
           "result": "Observation", "addresses": "Condition", "careTeam": "CareTeam",
-          "goal": "Goal"}
+          "goal": "Goal", "medicationReference": "Medication"}
 
 
 @pytest.fixture(scope="module")
