@@ -107,7 +107,9 @@ def _npi(abbr: str) -> str:
 def provider_resources(state: str, abbr: str, city: str, zip_code: str, *, bulk: bool = False
                        ) -> list[dict[str, Any]]:
     """The Organization, Location and Practitioner that stand for care in a state. With
-    ``bulk``, the Location refers to its Organization as ``Organization/id``."""
+    ``bulk``, the Location refers to its Organization as ``Organization/id``; otherwise by
+    the Organization's ``urn:uuid`` in the same transaction bundle (a conditional reference
+    would be resolved before the bundle creates the Organization, and match nothing)."""
     org_id = _state_uuid("organization", abbr)
     return [
         {"resourceType": "Organization", "id": org_id,
@@ -124,7 +126,7 @@ def provider_resources(state: str, abbr: str, city: str, zip_code: str, *, bulk:
          "identifier": [{"system": _ID_SYSTEM, "value": _state_uuid("location", abbr)}],
          "status": "active", "name": f"{city} General Hospital",
          "address": {"city": city, "state": abbr, "postalCode": zip_code, "country": "US"},
-         "managingOrganization": _Refs(bulk).provider("Organization", abbr)},
+         "managingOrganization": _Refs(bulk)("Organization", org_id)},
         {"resourceType": "Practitioner", "id": _state_uuid("practitioner", abbr),
          "meta": {"profile": [_US_CORE + "us-core-practitioner"]},
          "identifier": [{"system": _NPI, "value": _npi(abbr)}],
@@ -710,6 +712,29 @@ def _all_providers(bulk: bool = False) -> dict[str, list[dict[str, Any]]]:
     return by_type
 
 
+PROVIDER_FILES = ("hospitalInformation.json", "practitionerInformation.json")
+
+
+def provider_bundle_files() -> list[tuple[str, bytes]]:
+    """The organization and practitioner bundles as (file name, bytes), in upload order."""
+    providers = _all_providers()
+    return [(PROVIDER_FILES[0], orjson.dumps(_provider_bundle(providers["Organization"]
+                                                              + providers["Location"]))),
+            (PROVIDER_FILES[1], orjson.dumps(_provider_bundle(providers["Practitioner"])))]
+
+
+def patient_bundle_file(person: Person, *, end: float | None, years_of_history: int,
+                        clock: Clock | None = None, validate: bool = False
+                        ) -> tuple[str, bytes]:
+    """One patient's transaction bundle as (file name, bytes): what ``--format fhir``
+    writes and what the uploader sends, so the two agree byte for byte."""
+    res = _checked(patient_resources(person, end=end, clock=clock,
+                                     years_of_history=years_of_history), person, validate)
+    demo = person.demographics
+    name = f"{getattr(demo, 'first_name', 'Patient')}_{getattr(demo, 'last_name', '')}_{person.id}"
+    return f"{name}.json", orjson.dumps(transaction_bundle(res))
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
@@ -745,12 +770,10 @@ class _FhirWriter:
         self.clock = Clock()
 
     def write(self, person: Person) -> None:
-        res = _checked(patient_resources(person, end=self.sink.end, clock=self.clock,
-                                         years_of_history=self.sink.years_of_history),
-                       person, self.sink.validate)
-        demo = person.demographics
-        name = f"{getattr(demo, 'first_name', 'Patient')}_{getattr(demo, 'last_name', '')}_{person.id}"
-        _write_atomic(self.folder / f"{name}.json", orjson.dumps(transaction_bundle(res)))
+        name, data = patient_bundle_file(person, end=self.sink.end, clock=self.clock,
+                                         years_of_history=self.sink.years_of_history,
+                                         validate=self.sink.validate)
+        _write_atomic(self.folder / name, data)
 
     def close(self) -> None:
         pass
@@ -775,11 +798,8 @@ class FhirSink:
     def merge(self, parts: list[Path], out: Path) -> None:
         dest = out / "fhir"
         dest.mkdir(parents=True, exist_ok=True)
-        providers = _all_providers()
-        _write_atomic(dest / "hospitalInformation.json", orjson.dumps(_provider_bundle(
-            providers["Organization"] + providers["Location"])))
-        _write_atomic(dest / "practitionerInformation.json", orjson.dumps(_provider_bundle(
-            providers["Practitioner"])))
+        for name, data in provider_bundle_files():
+            _write_atomic(dest / name, data)
         for part in parts:
             for f in sorted(part.glob("*.json")):
                 target = dest / f.name

@@ -96,7 +96,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--validate", action="store_true",
                    help="validate FHIR resources as they are written (fhir/ndjson formats)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--fhir-server", metavar="URL",
+                   help="also upload each patient to this FHIR R4 base URL as it is simulated")
+    _server_options(r, upload_flag="--fhir-server")
     r.set_defaults(func=_cmd_run)
+
+    u = sub.add_parser("upload", help="upload exported FHIR bundles to a FHIR R4 server")
+    u.add_argument("folder", type=Path,
+                   help="a run's --out folder (bundles in its fhir/) or the bundle folder")
+    u.add_argument("--server", required=True, metavar="URL",
+                   help="the server's FHIR base URL, e.g. http://localhost:8080/fhir")
+    u.add_argument("--keep-going", action="store_true",
+                   help="after a refused bundle, go on with the others (exit 1 at the end)")
+    u.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _server_options(u, upload_flag="--server")
+    u.set_defaults(func=_cmd_upload)
 
     v = sub.add_parser("validate", help="validate FHIR R4 files or folders (.json, .ndjson)")
     v.add_argument("paths", nargs="+", type=Path)
@@ -119,6 +133,82 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("--modules-dir", type=Path, help="module library folder (default: embedded)")
     mg.set_defaults(func=_cmd_modules_graph)
     return p
+
+
+def _server_options(p: argparse.ArgumentParser, upload_flag: str) -> None:
+    g = p.add_argument_group(f"FHIR server (with {upload_flag})")
+    g.add_argument("--token", help="bearer token (better: the CARECOURSE_FHIR_TOKEN "
+                                   "environment variable, which other users cannot see)")
+    g.add_argument("--concurrency", type=_positive, default=4,
+                   help="requests in flight at once (default 4)")
+    g.add_argument("--retries", type=_non_negative, default=8,
+                   help="retries of a request after connection errors, 429 or 5xx (default 8)")
+    g.add_argument("--timeout", type=_positive, default=120, metavar="SECONDS",
+                   help="time allowed for one request (default 120)")
+    g.add_argument("--insecure", action="store_true",
+                   help="do not verify the server's TLS certificate (throwaway servers only)")
+    g.add_argument("--ca-cert", type=Path, metavar="FILE",
+                   help="PEM file with the CA that signed the server's certificate")
+    g.add_argument("--force", action="store_true",
+                   help="send again what the upload journal says the server already accepted")
+    g.add_argument("--verify", action="store_true",
+                   help="afterwards, count resources by type on the server and compare")
+
+
+def _server(args: argparse.Namespace, url: str):
+    import os
+
+    from exporters.upload import TOKEN_ENV, ServerOptions
+
+    if args.insecure and args.ca_cert:
+        raise ConfigError("--insecure and --ca-cert contradict each other; choose one")
+    options = ServerOptions(url=url, token=args.token or os.environ.get(TOKEN_ENV) or None,
+                            verify=not args.insecure, ca_cert=args.ca_cert,
+                            concurrency=args.concurrency, retries=args.retries,
+                            timeout=float(args.timeout))
+    options.check()
+    return options
+
+
+def _print_verify(options, journal) -> int:
+    from exporters.upload import verify
+
+    rows = verify(options, journal)
+    missing = 0
+    print(f"verify: resources by type on {options.display_url}")
+    print(f"  {'type':24s} {'sent':>8s} {'on server':>10s}")
+    for rtype, sent, found in rows:
+        note = ""
+        if found < sent:
+            note = f"  MISSING {sent - found}"
+            missing += sent - found
+        elif found > sent:
+            note = f"  +{found - sent} (data from elsewhere, or duplicates)"
+        print(f"  {rtype:24s} {sent:8d} {found:10d}{note}")
+    print("verify: every resource sent is on the server" if not missing
+          else f"verify: {missing} resource(s) missing on the server")
+    return 1 if missing else 0
+
+
+def _cmd_upload(args: argparse.Namespace) -> int:
+    from exporters.upload import Journal, bundle_folder, upload_folder
+
+    options = _server(args, args.server)
+    try:
+        s = upload_folder(args.folder, options, force=args.force, keep_going=args.keep_going,
+                          progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print("carecourse: interrupted; what the server accepted is in the upload journal, "
+              "rerun the same command to send the rest", file=sys.stderr)
+        return 130
+    print(f"Uploaded {s.sent} bundle(s), {s.resources} resource(s) in {s.seconds:.1f} s "
+          f"({s.bundles_per_second:.1f} bundles/s, {s.resources_per_second:.0f} resources/s) "
+          f"to {options.display_url}; {s.skipped} already there by the journal, "
+          f"{s.retries} retried request(s)")
+    if args.verify:
+        _, journal_dir = bundle_folder(args.folder)
+        return _print_verify(options, Journal(journal_dir, options.base))
+    return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -157,8 +247,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if "ccda" in args.format:
         from exporters.ccda import CcdaSink
         sinks.append(CcdaSink(years_of_history=config.years_of_history, end=config.end))
+    upload = None
+    if args.fhir_server:
+        from exporters.upload import UploadSink
+        upload = UploadSink(_server(args, args.fhir_server), config.out,
+                            years_of_history=config.years_of_history, end=config.end,
+                            force=args.force)
+        upload.start()
+        sinks.append(upload)
+    elif args.verify or args.force or args.token:
+        raise ConfigError("--verify, --force and --token go with --fhir-server URL")
     summary = run_population(config, sinks, progress=not args.no_progress)
     _print_summary(summary, config)
+    if upload is not None:
+        journal = upload.accepted()
+        print(f"  uploaded: {len(journal.accepted)} bundle(s) accepted by "
+              f"{upload.options.display_url} (journal {journal.path})")
+        if args.verify:
+            return _print_verify(upload.options, journal)
     return 0
 
 
@@ -241,7 +347,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"carecourse: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("carecourse: interrupted; no output was written", file=sys.stderr)
+        extra = ("; the patients the server accepted are in the upload journal, rerun the "
+                 "same command to send the rest" if getattr(args, "fhir_server", None) else "")
+        print(f"carecourse: interrupted; no output files were written{extra}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into a command that stopped reading (head)
         sys.stderr.close()

@@ -22,7 +22,8 @@ from tests.conftest import SYNTHEA_MODULES
 #: Where a reference field must point.
 TARGET = {"subject": "Patient", "patient": "Patient", "encounter": "Encounter",
           "result": "Observation", "addresses": "Condition", "careTeam": "CareTeam",
-          "goal": "Goal", "medicationReference": "Medication"}
+          "goal": "Goal", "medicationReference": "Medication",
+          "managingOrganization": "Organization"}
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +113,9 @@ def test_full_urls_unique_and_references_resolve_to_the_right_type(exported):
                 if field in TARGET:
                     assert types[ref] == TARGET[field], (field, types[ref])
             else:
+                # Conditional references are resolved before a transaction creates its
+                # entries, so only patient bundles may use them, for the providers.
+                assert b["entry"][0]["resource"]["resourceType"] == "Patient", ref
                 assert ref.split("?")[0] in ("Organization", "Practitioner"), ref
 
 
