@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--format", type=_formats, default=("csv",),
                    help="output formats, comma-separated: csv, fhir, ndjson, ccda (default csv)")
     r.add_argument("--processes", type=_positive, default=1, help="worker processes")
+    r.add_argument("--workers", type=_positive, metavar="N",
+                   help="run on a local Dask cluster of N worker processes")
+    r.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run on an existing Dask cluster (tcp://HOST:8786)")
+    r.add_argument("--partition-size", type=_positive, default=100, metavar="N",
+                   help="patients per Dask partition (default 100)")
     r.add_argument("--lenient", action="store_true",
                    help="load modules with transitions to missing states (error only if taken)")
     r.add_argument("--validate", action="store_true",
@@ -257,8 +263,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
         sinks.append(upload)
     elif args.verify or args.force or args.token:
         raise ConfigError("--verify, --force and --token go with --fhir-server URL")
-    summary = run_population(config, sinks, progress=not args.no_progress)
-    _print_summary(summary, config)
+    if args.workers or args.scheduler:
+        from simulator.cluster import run_on_dask
+        if args.processes != 1:
+            raise ConfigError("--processes is for runs without Dask; with --workers or "
+                              "--scheduler the cluster's workers do the work")
+        if args.workers and args.scheduler:
+            raise ConfigError("give --workers N (a local cluster) or --scheduler ADDRESS "
+                              "(an existing one), not both")
+        summary = run_on_dask(config, sinks, workers=args.workers, scheduler=args.scheduler,
+                              partition_size=args.partition_size,
+                              progress=not args.no_progress)
+        where = (f", Dask: {args.workers} local worker(s)" if args.workers
+                 else f", Dask scheduler {args.scheduler}")
+    else:
+        summary = run_population(config, sinks, progress=not args.no_progress)
+        where = ""
+    _print_summary(summary, config, where)
     if upload is not None:
         journal = upload.accepted()
         print(f"  uploaded: {len(journal.accepted)} bundle(s) accepted by "
@@ -268,10 +289,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_summary(summary, config) -> None:
+def _print_summary(summary, config, where: str = "") -> None:
     rate = summary.patients / summary.seconds if summary.seconds else 0.0
+    where = where or f", {config.processes} process(es)"
     print(f"Simulated {summary.patients} patients in {summary.seconds:.1f} s "
-          f"({rate:.1f} patients/s, {config.processes} process(es)), seed {config.seed}, "
+          f"({rate:.1f} patients/s{where}), seed {config.seed}, "
           f"to {config.end_date or config.reference_date}")
     print(f"  alive: {summary.alive}   dead: {summary.dead}   mean age: {summary.mean_age:.1f} years")
     if summary.conditions:

@@ -1,0 +1,74 @@
+"""Scale benchmark: patients per second with one process and on a local Dask cluster of two
+workers, the speed-up, and the per-core rate, with Synthea's whole module library, full
+lifetimes and FHIR export on.
+
+Both runs simulate the same patients (ages 0-100 at the reference date, each from birth,
+10 years of exported history as in Synthea's default) and write FHIR bundles. The Dask time
+includes starting the local cluster and joining the shards, as a user would see it.
+Figures are printed and written to benchmarks/results/scale.json.
+
+    python benchmarks/scale.py [--patients 1000] [--modules-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_MODULES = HERE.parent.parent / "shared" / "synthea" / "modules"
+
+
+def main() -> None:
+    from exporters.fhir import FhirSink
+    from simulator.cluster import run_on_dask
+    from simulator.population import RunConfig, run_population
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--patients", type=int, default=1000)
+    ap.add_argument("--modules-dir", type=Path, default=DEFAULT_MODULES)
+    ap.add_argument("--partition-size", type=int, default=50)
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "scale.json")
+    args = ap.parse_args()
+    if not args.modules_dir.is_dir():
+        sys.exit(f"{args.modules_dir}: module library not found (pass --modules-dir)")
+    figures: dict[str, float | int | str] = {"patients": args.patients,
+                                             "modules_dir": str(args.modules_dir),
+                                             "export": "fhir", "cores": os.cpu_count() or 0}
+    with tempfile.TemporaryDirectory() as tmp:
+        def config(name: str) -> RunConfig:
+            return RunConfig(population=args.patients, seed=1, out=Path(tmp) / name,
+                             reference_date=dt.date(2025, 1, 1), modules_dir=args.modules_dir,
+                             years_of_history=10)
+
+        c1 = config("one")
+        t = time.perf_counter()
+        run_population(c1, [FhirSink(years_of_history=10, end=c1.end)], progress=True)
+        one = args.patients / (time.perf_counter() - t)
+        print(f"1 process:       {one:6.2f} patients/s")
+
+        c2 = config("dask")
+        t = time.perf_counter()
+        run_on_dask(c2, [FhirSink(years_of_history=10, end=c2.end)], workers=2,
+                    partition_size=args.partition_size, progress=True)
+        two = args.patients / (time.perf_counter() - t)
+        print(f"2 Dask workers:  {two:6.2f} patients/s")
+    figures["patients_per_second_1_process"] = round(one, 2)
+    figures["patients_per_second_2_workers"] = round(two, 2)
+    figures["speedup_2_workers"] = round(two / one, 3)
+    figures["patients_per_second_per_core"] = round(one, 2)
+    figures["patients_per_second_per_core_2_workers"] = round(two / 2, 2)
+    print(f"speed-up {two / one:.2f}; per core {one:.2f} patients/s (goal 20)")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(figures, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

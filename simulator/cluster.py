@@ -1,0 +1,314 @@
+"""Run a population on Dask distributed: ``carecourse run --workers N`` (a local cluster) or
+``--scheduler ADDRESS`` (an existing one, e.g. started by dask-jobqueue on SLURM or by
+dask-kubernetes).
+
+The population is split into partitions of consecutive patient indices; their size is an
+option, never derived from the number of workers, so a rerun sees the same partitions.
+Each partition is one Dask task that simulates its patients into
+``<out>/parts/.part-NNNNNN.<random>.tmp/`` and renames that folder to
+``<out>/parts/part-NNNNNN/`` only when every shard in it is complete, with a
+``_partition.json`` that records the patient range, the run seed, the counts and each
+shard's SHA-256. A task that fails is retried by Dask; a task that ran on a worker that
+died is rescheduled; a second execution of a finished partition finds the folder and
+keeps the first. So a shard is either whole or absent, and no patient appears twice.
+
+``<out>/parts/manifest.json`` gathers the partition records as they finish. Rerunning an
+interrupted run (same command, same ``--out``) checks each finished shard against its
+checksums and computes only the missing partitions. When all are there, the sinks join the
+shards in partition order exactly as ``--processes`` does, so the output is byte for byte
+the same as a one-process run; ``<out>/manifest.json`` then lists each partition (patient
+range, seeds, counts) and each output file with its size and SHA-256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from modules.errors import ConfigError, OutputError, SimulationError
+from simulator.population import (
+    RunConfig,
+    RunSummary,
+    _check_out,
+    _prepare,
+    _simulate_range,
+)
+
+__all__ = ["run_on_dask", "plan_partitions", "DEFAULT_PARTITION_SIZE"]
+
+DEFAULT_PARTITION_SIZE = 100
+PARTS = "parts"
+MANIFEST = "manifest.json"
+RECORD = "_partition.json"
+
+_CACHE: dict[str, Any] = {}
+
+
+def plan_partitions(population: int, size: int) -> list[tuple[int, int, int]]:
+    """(partition number, first index, stop index) for every partition."""
+    return [(k, a, min(population, a + size)) for k, a in enumerate(range(0, population, size))]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _files(folder: Path) -> dict[str, dict[str, Any]]:
+    return {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != RECORD}
+
+
+def _library_digest(config: RunConfig) -> str:
+    """A digest of the module files the run reads, so a resume with edited modules is
+    refused instead of mixing two libraries in one population."""
+    from modules.loader import load_library
+
+    lib = load_library(config.modules_dir, lenient=True)
+    root = Path(lib.root)
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.suffix in (".json", ".csv"):
+            h.update(str(p.relative_to(root)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def fingerprint(config: RunConfig, sinks: list[Any], size: int) -> str:
+    """What decides the output: the run options, the sinks and their options, the
+    partition size and the module library's content."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ours = version("carecourse")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        ours = "source"
+    fields = {
+        "version": ours, "population": config.population, "seed": config.seed,
+        "age_range": list(config.age_range), "gender": config.gender, "state": config.state,
+        "reference_date": str(config.reference_date), "end_date": str(config.end_date),
+        "years_of_history": config.years_of_history, "modules": list(config.modules),
+        "lenient": config.lenient, "partition_size": size,
+        "library": _library_digest(config),
+        "sinks": [[s.name, sorted((k, repr(v)) for k, v in vars(s).items())] for s in sinks],
+    }
+    return hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _summary_dict(s: RunSummary) -> dict[str, Any]:
+    return {"patients": s.patients, "alive": s.alive, "dead": s.dead, "age_sum": float(s.age_sum),
+            "conditions": dict(s.conditions)}
+
+
+def _summary(d: dict[str, Any]) -> RunSummary:
+    return RunSummary(patients=d["patients"], alive=d["alive"], dead=d["dead"],
+                      age_sum=d["age_sum"], conditions=Counter(d["conditions"]))
+
+
+def _partition_task(k: int, start: int, stop: int, config: RunConfig, sinks: list[Any],
+                    parts: str, fp: str) -> dict[str, Any]:
+    """One partition, on a Dask worker: simulate into a temporary folder, checksum, and
+    rename into place. Idempotent: a partition that is already there is kept as it is."""
+    folder = Path(parts)
+    final = folder / f"part-{k:06d}"
+    if (final / RECORD).is_file():
+        return orjson.loads((final / RECORD).read_bytes())
+    if fp not in _CACHE:
+        _CACHE.clear()
+        _CACHE[fp] = _prepare(config)
+    programs, top = _CACHE[fp]
+    tmp = folder / f".part-{k:06d}.{uuid.uuid4().hex}.tmp"
+    try:
+        summary = _simulate_range(start, stop, tmp, sinks, config, programs, top, None)
+        record = {"partition": k, "first_patient": start, "last_patient": stop - 1,
+                  "patients": stop - start, "run_seed": config.seed,
+                  "seeds": "patient i has seed simulator.population.patient_seed(run_seed, i)",
+                  "files": _files(tmp), "summary": _summary_dict(summary)}
+        (tmp / RECORD).write_bytes(orjson.dumps(record, option=orjson.OPT_INDENT_2))
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / RECORD).is_file():
+                raise
+            # Another execution of this partition finished first: keep its shards.
+            shutil.rmtree(tmp, ignore_errors=True)
+            return orjson.loads((final / RECORD).read_bytes())
+        return record
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+    os.replace(tmp, path)
+
+
+def _finished(parts: Path, k: int) -> dict[str, Any] | None:
+    """The record of partition ``k`` if its shards are all there and match their sums."""
+    final = parts / f"part-{k:06d}"
+    try:
+        record = orjson.loads((final / RECORD).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    for rel, meta in record.get("files", {}).items():
+        p = final / rel
+        if not p.is_file() or p.stat().st_size != meta["bytes"] or _sha256(p) != meta["sha256"]:
+            return None
+    return record
+
+
+def _client(workers: int | None, scheduler: str | None) -> Any:
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:  # pragma: no cover - a declared dependency
+        raise ConfigError("--workers/--scheduler need Dask: pip install 'dask[distributed]'"
+                          ) from None
+    if scheduler:
+        try:
+            return Client(scheduler, timeout="15s")
+        except (OSError, TimeoutError) as exc:
+            raise ConfigError(f"--scheduler {scheduler}: cannot connect to a Dask scheduler "
+                              f"there ({exc}); check the address (tcp://HOST:8786) and that "
+                              f"the scheduler is running") from None
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                           dashboard_address=None, silence_logs=logging.CRITICAL)
+    return Client(cluster)
+
+
+def run_on_dask(config: RunConfig, sinks: list[Any], *, workers: int | None = None,
+                scheduler: str | None = None, partition_size: int = DEFAULT_PARTITION_SIZE,
+                progress: bool = True, retries: int = 2,
+                on_partition: Callable[[Any, dict[str, Any]], None] | None = None
+                ) -> RunSummary:
+    """Simulate ``config.population`` patients on a Dask cluster; see the module docs.
+    ``on_partition(client, record)`` is called as each partition finishes."""
+    from tqdm import tqdm
+
+    config.check()
+    if (workers is None) == (scheduler is None):
+        raise ConfigError("give either --workers N (a local Dask cluster) or --scheduler "
+                          "ADDRESS (an existing one)")
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    if partition_size < 1:
+        raise ConfigError(f"--partition-size must be at least 1, got {partition_size}")
+    _check_out(config.out)
+    _prepare(config)  # fail fast, here, on a broken library
+    for s in sinks:
+        if (config.out / s.name).exists():
+            raise OutputError(f"{config.out / s.name}: already exists; choose an empty --out "
+                              f"folder")
+    t0 = time.perf_counter()
+    parts = config.out / PARTS
+    parts.mkdir(exist_ok=True)
+    fp = fingerprint(config, sinks, partition_size)
+    manifest_path = parts / MANIFEST
+    if manifest_path.exists():
+        try:
+            old = orjson.loads(manifest_path.read_bytes())
+        except orjson.JSONDecodeError:
+            old = {}
+        if old.get("fingerprint") != fp:
+            raise ConfigError(f"{parts}: holds an interrupted run with other settings (options, "
+                              f"formats, partition size or modules); rerun that exact command "
+                              f"to finish it, or choose another --out")
+    plan = plan_partitions(config.population, partition_size)
+    for leftover in parts.glob(".part-*.tmp"):
+        shutil.rmtree(leftover, ignore_errors=True)  # from tasks killed mid-way
+    done: dict[int, dict[str, Any]] = {}
+    for k, _a, _b in plan:
+        rec = _finished(parts, k)
+        if rec is not None:
+            done[k] = rec
+        elif (parts / f"part-{k:06d}").exists():
+            shutil.rmtree(parts / f"part-{k:06d}")  # damaged: compute it again
+
+    def save_manifest() -> None:
+        _write_json(manifest_path, {"fingerprint": fp, "population": config.population,
+                                    "run_seed": config.seed, "partition_size": partition_size,
+                                    "partitions": [done[k] for k in sorted(done)]})
+
+    todo = [(k, a, b) for k, a, b in plan if k not in done]
+    try:
+        client = _client(workers, scheduler) if todo else None
+    except BaseException:
+        if not done:
+            shutil.rmtree(parts, ignore_errors=True)
+        raise
+    save_manifest()
+    bar = tqdm(total=config.population, unit="patients", disable=not progress, smoothing=0.1,
+               dynamic_ncols=True, initial=sum(done[k]["patients"] for k in done))
+    failed: list[tuple[int, BaseException]] = []
+    if client is not None:
+        from distributed import as_completed
+
+        try:
+            futures = {client.submit(_partition_task, k, a, b, config, sinks, str(parts), fp,
+                                     key=f"carecourse-part-{k:06d}-{fp[:12]}", pure=False,
+                                     retries=retries): k for k, a, b in todo}
+            for fut in as_completed(futures):
+                k = futures[fut]
+                try:
+                    rec = fut.result()
+                except Exception as exc:  # a partition that failed all its retries
+                    failed.append((k, exc))
+                    bar.set_postfix(failed_partitions=len(failed), refresh=False)
+                    continue
+                done[k] = rec
+                save_manifest()
+                bar.update(rec["patients"])
+                if on_partition is not None:
+                    on_partition(client, rec)
+        finally:
+            bar.close()
+            cluster = getattr(client, "cluster", None)
+            client.close()
+            if cluster is not None and workers is not None:
+                cluster.close()
+    bar.close()
+    if failed:
+        k, exc = failed[0]
+        msg = str(exc) if isinstance(exc, (SimulationError, ConfigError, OutputError)) else \
+            f"{type(exc).__name__}: {exc}"
+        raise SimulationError(
+            f"{len(failed)} partition(s) failed after {retries} retries (first: partition "
+            f"{k}, {msg}); the {len(done)} finished partition(s) are kept in {parts}: fix the "
+            f"cause and rerun the same command to compute only the missing ones")
+    # Join the shards, in partition order, exactly as a --processes run does.
+    folders = [parts / f"part-{k:06d}" for k, _a, _b in plan]
+    for s in sinks:
+        s.merge([f / s.name for f in folders], config.out)
+    outputs = {}
+    for s in sinks:
+        for p in sorted((config.out / s.name).rglob("*")):
+            if p.is_file():
+                outputs[str(p.relative_to(config.out))] = {"bytes": p.stat().st_size,
+                                                           "sha256": _sha256(p)}
+    _write_json(config.out / MANIFEST, {
+        "run_seed": config.seed, "population": config.population,
+        "partition_size": partition_size,
+        "partitions": [{key: done[k][key] for key in ("partition", "first_patient",
+                                                      "last_patient", "patients", "run_seed",
+                                                      "seeds")} for k in sorted(done)],
+        "files": outputs})
+    total = RunSummary()
+    for k in sorted(done):
+        total.merge(_summary(done[k]["summary"]))
+    shutil.rmtree(parts, ignore_errors=True)
+    total.seconds = time.perf_counter() - t0
+    return total
