@@ -16,6 +16,7 @@ from collections.abc import Generator
 from typing import Any
 
 from modules.errors import ModuleError, SimulationError
+from modules.gmf import normalize_condition_type, transition_key
 from modules.loader import Module, ModuleLibrary
 from simulator.person import Person
 from simulator.record import Code, Encounter, Entry
@@ -55,6 +56,7 @@ def compile_module(module: Module, library: ModuleLibrary | None) -> Program:
         states[name] = compile_state(name, spec, nxt, where)
         if library is not None:
             _fast_forward(states[name], library)
+        _skip_loop(states[name])
     if "Initial" not in states:
         raise ModuleError(f"{module.path}: module has no 'Initial' state")
     return Program(module.key, module.name, states)
@@ -93,6 +95,226 @@ def _fast_forward(state: CompiledState, library: ModuleLibrary) -> None:
         n = max(1, math.ceil((first - t) / d - 1e-12))
         return run.env.timeout(n * d)
     state.process = process
+
+
+_CLOCK_CONDITIONS = frozenset({"Age", "Date", "True", "False"})
+#: Conditions that read one patient attribute (set only through ``set_attribute``).
+_ATTRIBUTE_CONDITIONS = {"Attribute": None, "Gender": "gender", "Race": None,
+                         "SocioeconomicStatus": "socioeconomic_category"}
+_COMBINATIONS = frozenset({"And", "Or", "AtLeast", "AtMost"})
+#: A loop that never leaves stops being drawn this long after birth (the oldest age a life
+#: reaches), so drawing always ends.
+_LIFE_HORIZON_DAYS = 141 * 365.25
+
+
+def _reads(cond: Any, attrs: set[str]) -> bool:
+    """Whether a GMF condition reads nothing but the clock (age, date) and patient
+    attributes; the attributes it reads are added to ``attrs``."""
+    if not isinstance(cond, dict) or not isinstance(cond.get("condition_type"), str):
+        return False
+    kind = normalize_condition_type(cond["condition_type"])
+    if kind in _CLOCK_CONDITIONS:
+        return True
+    if kind in _ATTRIBUTE_CONDITIONS:
+        if kind == "Race":
+            attrs.update(("race", "ethnicity"))
+        elif kind == "Attribute":
+            if not isinstance(cond.get("attribute"), str):
+                return False
+            attrs.add(cond["attribute"])
+        else:
+            attrs.add(_ATTRIBUTE_CONDITIONS[kind])  # type: ignore[arg-type]
+        return True
+    if kind in _COMBINATIONS:
+        return all(_reads(c, attrs) for c in cond.get("conditions") or [])
+    if kind == "Not":
+        return _reads(cond.get("condition"), attrs)
+    return False
+
+
+def _weights(distributions: Any, attrs: set[str]) -> bool:
+    if not isinstance(distributions, list):
+        return False
+    for o in distributions:
+        d = o.get("distribution")
+        if isinstance(d, dict) and isinstance(d.get("attribute"), str):
+            attrs.add(d["attribute"])
+        elif not isinstance(d, (int, float)) or isinstance(d, bool):
+            return False
+    return True
+
+
+def _loop_reads(name: str, spec: dict[str, Any]) -> set[str] | None:
+    """For a Delay whose transition can lead back to itself and reads nothing but the clock
+    and patient attributes (Synthea's "each month, a small chance" loops): the attributes
+    it reads. None for any other state."""
+    if spec.get("type") != "Delay":
+        return None
+    key = transition_key(spec)
+    opts = spec.get(key) if key else None
+    if not isinstance(opts, list) or not opts:
+        return None
+    attrs: set[str] = set()
+    if key == "distributed_transition":
+        ok = _weights(opts, attrs)
+        targets = [o.get("transition") for o in opts]
+    elif key in ("conditional_transition", "complex_transition"):
+        ok = all(("condition" not in o or _reads(o["condition"], attrs))
+                 and ("distributions" in o and _weights(o["distributions"], attrs)
+                      or "distributions" not in o and isinstance(o.get("transition"), str))
+                 for o in opts)
+        targets = [o.get("transition") for o in opts]
+        targets += [d.get("transition") for o in opts for d in o.get("distributions") or []]
+    else:
+        return None
+    return attrs if ok and name in targets else None
+
+
+def _weight_fn(distributions: list[dict[str, Any]]) -> Any:
+    """``weights(person) -> [(target, effective probability)]`` as ``_pick`` draws them:
+    cumulative probabilities cut at 1, whatever is left over going to the last option."""
+    targets = [o["transition"] for o in distributions]
+    specs = [o["distribution"] for o in distributions]
+
+    def weights(person: Person) -> list[tuple[str, float]]:
+        attrs = person.attributes
+        out = []
+        acc = 0.0
+        for i, (tg, d) in enumerate(zip(targets, specs, strict=True)):
+            if isinstance(d, dict):
+                v = attrs.get(d["attribute"], d.get("default", 0.0))
+                w = float(v) if isinstance(v, (int, float)) else float(d.get("default", 0.0))
+            else:
+                w = float(d)
+            lo = min(max(acc, 0.0), 1.0)
+            acc += w
+            hi = 1.0 if i == len(targets) - 1 else min(max(acc, 0.0), 1.0)
+            out.append((tg, max(0.0, hi - lo)))
+        return out
+    return weights
+
+
+class LoopSkip:
+    """How the engine runs a loop found by :func:`_loop_reads` without an event per turn.
+
+    Each turn waits the Delay, then draws the transition, whose probabilities depend only
+    on the time of the turn and the attributes in ``reads``. Between the moments when an
+    age or date condition flips, the probability of leaving is the same at every turn, so
+    the number of turns until the loop is left is geometric: one draw per stretch instead
+    of one per turn, then one more for which exit. The engine then waits once, until that
+    turn. If another module sets one of the attributes first, the turns before that moment
+    stand (they had the values of their time) and the rest are drawn again from the last
+    turn with the new values; the geometric law has no memory, so this is exact. The
+    distribution of what happens is the same as turn by turn; the patient's random stream
+    is consumed differently. Synthea's acute-illness and heart modules loop this way every
+    month of a life (the heart ones on risk attributes that may never be set), so this
+    saves thousands of events per patient. A loop with a random Delay and no attributes is
+    drawn turn by turn, in a plain loop, without events.
+    """
+
+    __slots__ = ("name", "nxt", "dur", "step", "reads", "options", "timed")
+
+    def __init__(self, name: str, spec: dict[str, Any], nxt: Any, dur: Any,
+                 step: float | None, reads: frozenset[str]) -> None:
+        from simulator.logic import compile_condition
+
+        self.name = name
+        self.nxt = nxt
+        self.dur = dur
+        self.step = step
+        self.reads = reads
+        key = transition_key(spec)
+        opts = spec[key]
+        self.options: list[tuple[Any, Any]] = []
+        if key == "distributed_transition":
+            self.options.append((None, _weight_fn(opts)))
+        else:
+            for o in opts:
+                cond = compile_condition(o["condition"]) if "condition" in o else None
+                if "distributions" in o:
+                    go = _weight_fn(o["distributions"])
+                else:
+                    fixed = [(o["transition"], 1.0)]
+                    go = (lambda w: (lambda person: w))(fixed)
+                self.options.append((cond, go))
+        self.timed = [c.next_change for c, _ in self.options if c is not None and c.timed]
+
+    def _probabilities(self, run: ModuleRun, t: float) -> tuple[list[tuple[str, float]], float]:
+        """The exits of a turn at ``t``, and when an age or date condition may next flip."""
+        change = math.inf
+        for f in self.timed:
+            c = f(run, t)
+            if c < change:
+                change = c
+        for cond, go in self.options:
+            if cond is None or cond.test(run, t):
+                return go(run.person), change
+        return self.options[-1][1](run.person), change
+
+    def plan(self, run: ModuleRun, t: float) -> tuple[float, str]:
+        """(time of the first turn after ``t`` that leaves, the state it goes to); the time
+        is infinite when no turn can leave until an attribute changes."""
+        person = run.person
+        u = person.uniform
+        limit = person.birth + _LIFE_HORIZON_DAYS
+        if person.death is not None and person.death < limit:
+            limit = person.death
+        name = self.name
+        step = self.step
+        if step is None or step <= 0:
+            nxt, dur = self.nxt, self.dur
+            while True:
+                d = dur(u)
+                t += d
+                target = nxt(run, t)
+                if target != name or t > limit or d <= 0:
+                    return t, target
+        while True:
+            turn = t + step
+            if turn > limit:
+                return turn, name
+            exits, change = self._probabilities(run, turn)
+            leave = sum(p for tg, p in exits if tg != name)
+            end = min(change, limit + step)
+            if end == math.inf:
+                turns = math.inf
+            else:
+                turns = max(1, math.ceil((end - turn) / step - 1e-9))
+            if leave > 0:
+                k = 1 if leave >= 1 else 1 + math.floor(math.log1p(-u()) / math.log1p(-leave))
+                if k <= turns:
+                    v = u() * leave
+                    acc = 0.0
+                    chosen = name
+                    for tg, p in exits:
+                        if tg != name:
+                            acc += p
+                            chosen = tg
+                            if v < acc:
+                                break
+                    return turn + (k - 1) * step, chosen
+            if turns == math.inf:
+                return math.inf, name
+            t = turn + (turns - 1) * step
+
+    def last_turn(self, base: float, now: float) -> float:
+        """The last turn at or before ``now`` of a loop whose turns started at ``base``."""
+        assert self.step is not None
+        k = math.floor((now - base) / self.step + 1e-9)
+        return base + max(0, k) * self.step
+
+
+def _skip_loop(state: CompiledState) -> None:
+    if state.next is None:
+        return
+    reads = _loop_reads(state.name, state.spec)
+    dur = compile_duration(state.spec) if reads is not None else None
+    if reads is None or dur is None:
+        return
+    step = dur(lambda: 0.0) if "exact" in state.spec else None
+    if reads and step is None:
+        return  # re-planning after a change needs turns on a fixed grid
+    state.skip = LoopSkip(state.name, state.spec, state.next, dur, step, frozenset(reads))
 
 
 def compile_library(library: ModuleLibrary) -> dict[str, Program]:
@@ -218,6 +440,38 @@ def run_module(run: ModuleRun) -> Generator[Any, Any, bool]:
             # The calling state appears again after the submodule's states.
             run.state_name = name
             run.enter(name, t)
+        elif state.skip is not None and run.history is None:
+            skip = state.skip
+            base = t
+            while True:
+                at, target = skip.plan(run, base)
+                tm = None
+                if not skip.reads:
+                    # An infinite wait is a loop that can never leave: sleep for good.
+                    yield env.timeout(at - t) if at != math.inf else env.event()
+                else:
+                    wake = env.event()
+                    for key in skip.reads:
+                        person.watch(key, wake)
+                    if at != math.inf:
+                        tm = env.timeout(at - t)
+                        tm.callbacks.append(
+                            lambda _ev, w=wake: None if w.triggered else w.succeed())
+                    yield wake
+                t = env.now
+                steps = 0
+                if person.death is not None and person.death <= t:
+                    return False
+                if not skip.reads or (tm is not None and tm.triggered):
+                    break
+                base = skip.last_turn(base, t)  # an attribute changed: draw again from here
+            run.exit(name, t)
+            nxt = states.get(target)
+            if nxt is None:
+                raise SimulationError(f"module {run.module_name!r}, state {name!r}: "
+                                      f"transition to missing state {target!r}")
+            state = nxt
+            continue
         else:
             r = state.process(run, t)
             while r is not None:

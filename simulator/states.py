@@ -46,7 +46,7 @@ Process = Callable[[Any, float], Any]
 class CompiledState:
     """An immutable compiled state. ``next`` picks the following state's name."""
 
-    __slots__ = ("name", "type", "process", "next", "recheck", "submodule", "spec")
+    __slots__ = ("name", "type", "process", "next", "recheck", "submodule", "spec", "skip")
 
     def __init__(self, name: str, stype: str, process: Process, nxt: Any, spec: dict[str, Any],
                  recheck: bool = False, submodule: str | None = None) -> None:
@@ -57,6 +57,9 @@ class CompiledState:
         self.recheck = recheck
         self.submodule = submodule
         self.spec = spec
+        #: For a Delay that loops to itself on the clock alone: ``skip(run, t)`` returns
+        #: (the time the loop is left, the state it goes to), so the engine waits once.
+        self.skip: Any = None
 
 
 def codes_of(spec: Any) -> tuple[Code, ...]:

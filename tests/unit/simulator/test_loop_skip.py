@@ -1,0 +1,119 @@
+"""Loops of "wait a month, then a small chance" are drawn in one go instead of one event per
+turn (simulator.engine.LoopSkip). What happens must have the same distribution as turn by
+turn: checked with two-sample Kolmogorov-Smirnov tests against the turn-by-turn engine
+(which the recording harness still uses) and against the geometric law."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from simulator.engine import ModuleRun, run_module
+from tests.conftest import T0, YEAR, make_harness
+from tests.unit.simulator.test_engine import library
+
+N = 1500
+MONTH = 30.0  # a GMF month, as the engine counts it (modules.gmf.TIME_UNITS_DAYS)
+
+AGE_LOOP = {
+    "Initial": {"type": "Initial", "direct_transition": "Wait"},
+    "Wait": {"type": "Delay", "exact": {"quantity": 1, "unit": "months"}, "complex_transition": [
+        {"condition": {"condition_type": "Age", "operator": "<", "quantity": 3, "unit": "years"},
+         "distributions": [{"distribution": 0.03, "transition": "Sick"},
+                           {"distribution": 0.01, "transition": "Hurt"},
+                           {"distribution": 0.96, "transition": "Wait"}]},
+        {"distributions": [{"distribution": 0.004, "transition": "Sick"},
+                           {"distribution": 0.996, "transition": "Wait"}]}]},
+    "Sick": {"type": "SetAttribute", "attribute": "left", "value": "sick",
+             "direct_transition": "Terminal"},
+    "Hurt": {"type": "SetAttribute", "attribute": "left", "value": "hurt",
+             "direct_transition": "Terminal"},
+    "Terminal": {"type": "Terminal"},
+}
+
+
+def leave_times(programs, key: str, *, skip: bool, seed0: int, age: float = 0.0,
+                others: tuple[str, ...] = (), horizon: float = 60 * YEAR):
+    out = []
+    for i in range(N):
+        h = make_harness(programs, age_years=age, seed=seed0 + i)
+        run = ModuleRun(h.person, h.programs[key], h.programs, None, keep_history=not skip)
+        h.env.process(run_module(run))
+        for other in others:
+            h.env.process(run_module(ModuleRun(h.person, h.programs[other], h.programs, None)))
+        h.run_until(T0 + horizon)
+        done = run.state_name == "Terminal"
+        out.append((run.last_exit.get("Wait") if done else math.inf,
+                    h.person.attributes.get("left")))
+    return out
+
+
+def test_an_age_dependent_loop_leaves_as_turn_by_turn(tmp_path):
+    programs = library(tmp_path, loop=AGE_LOOP)
+    assert programs["loop"].states["Wait"].skip is not None
+    fast = leave_times(programs, "loop", skip=True, seed0=0)
+    slow = leave_times(programs, "loop", skip=False, seed0=10_000)
+    t_fast = [t - T0 for t, _ in fast if t != math.inf]
+    t_slow = [t - T0 for t, _ in slow if t != math.inf]
+    assert stats.ks_2samp(t_fast, t_slow).pvalue > 1e-3
+    # Turns stay on the monthly grid.
+    assert all(abs(t / MONTH - round(t / MONTH)) < 1e-6 for t in t_fast)
+    # Which exit: before age 3, "hurt" is a quarter of the exits (0.01 of 0.04).
+    early = [w for t, w in fast if t - T0 < 3 * YEAR]
+    share = sum(w == "hurt" for w in early) / len(early)
+    se = math.sqrt(0.25 * 0.75 / len(early))
+    assert abs(share - 0.25) < 4 * se
+    assert all(w == "sick" for t, w in fast if t - T0 > 3 * YEAR + MONTH and t != math.inf)
+
+
+def test_a_loop_on_an_attribute_waits_until_another_module_sets_it(tmp_path):
+    programs = library(tmp_path, risk_loop={
+        "Initial": {"type": "Initial", "direct_transition": "Wait"},
+        "Wait": {"type": "Delay", "exact": {"quantity": 1, "unit": "months"},
+                 "distributed_transition": [
+                     {"transition": "Onset", "distribution": {"attribute": "risk", "default": 0}},
+                     {"transition": "Wait", "distribution": 1}]},
+        "Onset": {"type": "SetAttribute", "attribute": "left", "value": "onset",
+                  "direct_transition": "Terminal"},
+        "Terminal": {"type": "Terminal"},
+    }, setter={
+        "Initial": {"type": "Initial", "direct_transition": "Forty"},
+        "Forty": {"type": "Guard", "allow": {"condition_type": "Age", "operator": ">=",
+                                             "quantity": 40, "unit": "years"},
+                  "direct_transition": "Set"},
+        "Set": {"type": "SetAttribute", "attribute": "risk", "value": 0.05,
+                "direct_transition": "Terminal"},
+        "Terminal": {"type": "Terminal"},
+    })
+    assert programs["risk_loop"].states["Wait"].skip.reads == {"risk"}
+    fast = leave_times(programs, "risk_loop", skip=True, seed0=0, age=30,
+                       others=("setter",), horizon=30 * YEAR)
+    slow = leave_times(programs, "risk_loop", skip=False, seed0=10_000, age=30,
+                       others=("setter",), horizon=30 * YEAR)
+    t_fast = np.array([t for t, _ in fast])
+    t_slow = np.array([t for t, _ in slow])
+    assert np.isfinite(t_fast).all()
+    # Nothing before the attribute is set at 40 (ten years after T0).
+    assert t_fast.min() > T0 + 10 * YEAR - 1
+    assert stats.ks_2samp(t_fast, t_slow).pvalue > 1e-3
+    # After 40, the wait is geometric with p = 0.05 per month: mean 20 turns.
+    turns = (t_fast - (T0 + 10 * YEAR)) / MONTH
+    assert abs(turns.mean() - 20) < 4 * math.sqrt(0.95) / 0.05 / math.sqrt(N)
+
+
+@pytest.mark.parametrize("spec", [
+    {"condition_type": "Active Condition", "codes": [{"system": "SNOMED-CT", "code": "1"}]},
+    {"condition_type": "PriorState", "name": "Initial"},
+])
+def test_loops_that_read_the_record_are_run_turn_by_turn(tmp_path, spec):
+    programs = library(tmp_path, loop={
+        "Initial": {"type": "Initial", "direct_transition": "Wait"},
+        "Wait": {"type": "Delay", "exact": {"quantity": 1, "unit": "months"},
+                 "conditional_transition": [{"condition": spec, "transition": "Terminal"},
+                                            {"transition": "Wait"}]},
+        "Terminal": {"type": "Terminal"},
+    })
+    assert programs["loop"].states["Wait"].skip is None
