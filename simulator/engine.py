@@ -408,6 +408,11 @@ def run_module(run: ModuleRun) -> Generator[Any, Any, bool]:
     state = run.program.initial
     t = env.now
     steps = 0  # states run since time last passed: a module that never waits is a bug
+    # ModuleRun.enter, inlined when nothing is recorded: this loop runs for every state.
+    ctx = run.ctx
+    last_seq = run.last_seq
+    last_exit = run.last_exit
+    recording = run.history is not None
     while True:
         if person.death is not None and person.death <= t:
             return False
@@ -419,7 +424,12 @@ def run_module(run: ModuleRun) -> Generator[Any, Any, bool]:
                 f"Encounter to let time pass")
         name = state.name
         run.state_name = name
-        run.enter(name, t)
+        if recording:
+            run.enter(name, t)
+        else:
+            ctx.seq += 1
+            last_seq[name] = ctx.seq
+            last_exit[name] = None
         if state.submodule is not None:
             try:
                 sub_program = run.programs[state.submodule]
@@ -490,7 +500,10 @@ def run_module(run: ModuleRun) -> Generator[Any, Any, bool]:
                 if not state.recheck:
                     break
                 r = state.process(run, t)
-        run.exit(name, t)
+        if recording:
+            run.exit(name, t)
+        else:
+            last_exit[name] = t
         target = state.next(run, t)
         nxt = states.get(target)
         if nxt is None:

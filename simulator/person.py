@@ -106,6 +106,7 @@ class Person:
         self.vitals: dict[str, float] = {}
         # symptom -> cause -> severity (0-100)
         self.symptoms: dict[str, dict[str, float]] = {}
+        self._symptom_max: dict[str, float] = {}  # symptom -> its worst severity now
         self.record = HealthRecord()
         self.death: float | None = None
         self.death_cause: tuple[Code, ...] = ()
@@ -150,7 +151,9 @@ class Person:
             self.notify(WATCH_VITAL)
 
     def set_symptom(self, symptom: str, cause: str, value: float) -> None:
-        self.symptoms.setdefault(symptom, {})[cause] = value
+        causes = self.symptoms.setdefault(symptom, {})
+        causes[cause] = value
+        self._symptom_max[symptom] = max(causes.values())
         if WATCH_SYMPTOM in self._watchers:
             self.notify(WATCH_SYMPTOM)
 
@@ -159,7 +162,7 @@ class Person:
         return max(causes.values()) if causes else 0.0
 
     def symptom_total(self) -> float:
-        return sum(max(c.values()) for c in self.symptoms.values() if c)
+        return sum(self._symptom_max.values())
 
     # ------------------------------------------------------------------ time
     def is_dead(self, t: float) -> bool:
