@@ -1,0 +1,339 @@
+"""A differentially private model of which exit a state takes, and after how long.
+
+For every state with several exits, the time spent in it is cut into bins of ``bin_days``
+(public, stated by the user). In each bin a patient either stays or leaves by one of the
+state's exits: a discrete-time competing-risks hazard (Allison 1982; Tutz and Schmid,
+*Modeling Discrete Time-to-Event Data*, 2016), here a multinomial logit over "stay" and the
+exits, given the patient's covariates and the bin. All states of a module share one model
+(one linear map over state-specific features), so one patient's whole trajectory, every
+state and every bin, is one example: that is the privacy unit, and DP-SGD (Abadi et al.
+2016, through Opacus) clips each patient's gradient as a whole. Covariates are scaled to
+[0, 1] with bounds the user states (public), so no preprocessing reads the data.
+
+The model answers what the engine needs: ``exit_distribution(state, x)`` (the probability
+of leaving by each exit within the modelled horizon, the rest being "still there") and
+``sample(state, x, u)`` (a dwell time and an exit).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from modules.errors import ConfigError
+
+__all__ = ["Visit", "HazardSpec", "HazardModel", "build_tensors", "train", "TrainResult"]
+
+
+@dataclass(frozen=True)
+class Visit:
+    """One stay of one patient in one state: how long, and how it ended (None: still
+    there when the data end, i.e. censored)."""
+
+    patient: Any
+    state: str
+    days: float
+    exit: str | None
+    covariates: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class HazardSpec:
+    """The model's public shape: states and their exits, the time bins, and the covariates
+    with the bounds used to scale them (public: stated by the user, not read from data)."""
+
+    exits: dict[str, tuple[str, ...]]
+    bin_days: float
+    max_bins: int
+    covariates: tuple[str, ...] = ()
+    bounds: tuple[tuple[float, float], ...] = ()
+
+    def check(self) -> None:
+        if self.bin_days <= 0 or self.max_bins < 1:
+            raise ConfigError("bin width must be > 0 days and there must be at least one bin")
+        if len(self.bounds) != len(self.covariates):
+            raise ConfigError("give one (low, high) bound per covariate")
+        for name, (lo, hi) in zip(self.covariates, self.bounds, strict=True):
+            if not hi > lo:
+                raise ConfigError(f"covariate {name!r}: bound high must exceed low")
+        for s, ex in self.exits.items():
+            if not ex:
+                raise ConfigError(f"state {s!r} has no exits to model")
+
+    @property
+    def states(self) -> list[str]:
+        return sorted(self.exits)
+
+    @property
+    def classes(self) -> list[tuple[str, str]]:
+        """Output classes after "stay": (state, exit) pairs."""
+        return [(s, e) for s in self.states for e in self.exits[s]]
+
+    @property
+    def block(self) -> int:
+        """Features per state: covariates, one per bin (the baseline hazard)."""
+        return len(self.covariates) + self.max_bins
+
+    @property
+    def n_features(self) -> int:
+        return self.block * len(self.exits)
+
+    def scale(self, x: Sequence[float]) -> np.ndarray:
+        lo = np.array([b[0] for b in self.bounds], dtype=np.float32)
+        hi = np.array([b[1] for b in self.bounds], dtype=np.float32)
+        return np.clip((np.asarray(x, dtype=np.float32) - lo) / (hi - lo), 0.0, 1.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"exits": {k: list(v) for k, v in self.exits.items()}, "bin_days": self.bin_days,
+                "max_bins": self.max_bins, "covariates": list(self.covariates),
+                "bounds": [list(b) for b in self.bounds]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> HazardSpec:
+        return cls({k: tuple(v) for k, v in d["exits"].items()}, float(d["bin_days"]),
+                   int(d["max_bins"]), tuple(d["covariates"]),
+                   tuple(tuple(b) for b in d["bounds"]))
+
+
+class HazardModel(nn.Module):
+    """One linear map from state-specific features to "stay" and every (state, exit)."""
+
+    def __init__(self, spec: HazardSpec) -> None:
+        super().__init__()
+        spec.check()
+        self.spec = spec
+        self.linear = nn.Linear(spec.n_features, 1 + len(spec.classes))
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+        classes = spec.classes
+        allowed = torch.zeros(len(spec.states), 1 + len(classes), dtype=torch.bool)
+        allowed[:, 0] = True
+        for i, s in enumerate(spec.states):
+            for j, (cs, _e) in enumerate(classes):
+                if cs == s:
+                    allowed[i, 1 + j] = True
+        self.register_buffer("allowed", allowed)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+    def features(self, state: str, x: Sequence[float], bins: int) -> torch.Tensor:
+        """Rows for bins 0..bins-1 of a stay in ``state`` with covariates ``x``."""
+        spec = self.spec
+        k = spec.states.index(state)
+        f = torch.zeros(bins, spec.n_features)
+        off = k * spec.block
+        if spec.covariates:
+            f[:, off:off + len(spec.covariates)] = torch.from_numpy(spec.scale(x))
+        for j in range(bins):
+            f[j, off + len(spec.covariates) + min(j, spec.max_bins - 1)] = 1.0
+        return f
+
+    @torch.no_grad()
+    def hazards(self, state: str, x: Sequence[float]) -> np.ndarray:
+        """[max_bins, 1 + exits]: per bin, P(stay) and P(leave by each exit) given that the
+        patient is still in ``state`` at the bin's start."""
+        spec = self.spec
+        k = spec.states.index(state)
+        logits = self.forward(self.features(state, x, spec.max_bins))
+        cols = torch.nonzero(self.allowed[k]).flatten()
+        return torch.softmax(logits[:, cols], dim=1).cpu().numpy().astype(np.float64)
+
+    def exit_distribution(self, state: str, x: Sequence[float]) -> dict[str, float]:
+        """P(leaving by each exit within ``max_bins`` bins); the rest stays beyond."""
+        h = self.hazards(state, x)
+        alive = 1.0
+        out = np.zeros(h.shape[1] - 1)
+        for row in h:
+            out += alive * row[1:]
+            alive *= row[0]
+        return dict(zip(self.spec.exits[state], out.tolist(), strict=True))
+
+    def sample(self, state: str, x: Sequence[float], u: Callable[[], float]
+               ) -> tuple[float, str | None]:
+        """(days in the state, exit), drawn bin by bin; the stay ends at the end of its
+        bin (the resolution of the data). (horizon, None) past the last bin."""
+        h = self.hazards(state, x)
+        spec = self.spec
+        for j, row in enumerate(h):
+            v = u()
+            if v >= row[0]:
+                acc = row[0]
+                for e, p in zip(spec.exits[state], row[1:], strict=True):
+                    acc += p
+                    if v < acc:
+                        return (j + 1) * spec.bin_days, e
+                return (j + 1) * spec.bin_days, spec.exits[state][-1]
+        return spec.max_bins * spec.bin_days, None
+
+
+@dataclass
+class Tensors:
+    x: torch.Tensor        # [patients, rows, features]
+    y: torch.Tensor        # [patients, rows] class index (0 = stay)
+    mask: torch.Tensor     # [patients, rows] 1 for real rows
+    allowed: torch.Tensor  # [patients, rows, classes] which classes a row may take
+    patients: int = 0
+    rows: int = 0
+
+
+def build_tensors(visits: Sequence[Visit], spec: HazardSpec) -> Tensors:
+    """Person-period rows, grouped by patient (one patient = one example). A stay longer
+    than the modelled horizon is censored at its end."""
+    spec.check()
+    by_patient: dict[Any, list[Visit]] = {}
+    for v in visits:
+        if v.state in spec.exits:
+            by_patient.setdefault(v.patient, []).append(v)
+    states = spec.states
+    classes = {c: i + 1 for i, c in enumerate(spec.classes)}
+    per: list[list[tuple[int, int, int, np.ndarray]]] = []
+    for vs in by_patient.values():
+        rows = []
+        for v in vs:
+            if v.exit is not None and v.exit not in spec.exits[v.state]:
+                raise ConfigError(f"state {v.state!r}: exit {v.exit!r} is not among the "
+                                  f"modelled exits {list(spec.exits[v.state])}")
+            k = states.index(v.state)
+            # Bin j holds the times (j*w, (j+1)*w]: a stay that ends at exactly one bin
+            # width (a one-month Delay) leaves in bin 0. A censored stay survived every
+            # bin it completed.
+            if v.exit is None:
+                last = int(math.floor(v.days / spec.bin_days + 1e-9))
+            else:
+                last = max(0, int(math.ceil(v.days / spec.bin_days - 1e-9)) - 1)
+            cov = spec.scale(v.covariates) if spec.covariates else np.zeros(0, np.float32)
+            censored = v.exit is None or last >= spec.max_bins
+            n = min(last, spec.max_bins) if censored else last + 1
+            for j in range(n):
+                leaving = not censored and j == last
+                rows.append((k, j, classes[(v.state, v.exit)] if leaving else 0, cov))
+        if rows:
+            per.append(rows)
+    p = len(per)
+    r = max((len(rows) for rows in per), default=1)
+    x = torch.zeros(p, r, spec.n_features)
+    y = torch.zeros(p, r, dtype=torch.long)
+    mask = torch.zeros(p, r)
+    allowed_by_state = HazardModel(spec).allowed
+    allowed = torch.zeros(p, r, 1 + len(classes), dtype=torch.bool)
+    allowed[:, :, 0] = True
+    nc = len(spec.covariates)
+    for i, rows in enumerate(per):
+        for j, (k, b, c, cov) in enumerate(rows):
+            off = k * spec.block
+            if nc:
+                x[i, j, off:off + nc] = torch.from_numpy(cov)
+            x[i, j, off + nc + b] = 1.0
+            y[i, j] = c
+            mask[i, j] = 1.0
+            allowed[i, j] = allowed_by_state[k]
+    return Tensors(x, y, mask, allowed, p, sum(len(rows) for rows in per))
+
+
+def patient_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
+                 allowed: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood of each patient's whole trajectory: [patients]."""
+    logits = model(x).masked_fill(~allowed, -1e9)
+    nll = nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="none")
+    return (nll * mask).sum(dim=1)
+
+
+@dataclass
+class TrainResult:
+    model: HazardModel
+    epsilon: float | None
+    delta: float | None
+    noise_multiplier: float | None
+    max_grad_norm: float | None
+    epochs: int
+    losses: list[float] = field(default_factory=list)
+    accountant: str | None = None
+    sample_rate: float | None = None
+    steps: int = 0
+
+
+def train(visits: Sequence[Visit], spec: HazardSpec, *, epsilon: float | None = None,
+          delta: float = 1e-5, epochs: int = 10, batch_size: int = 2048, lr: float = 0.1,
+          max_grad_norm: float = 5.0, seed: int = 0, device: str = "cpu",
+          progress: Callable[[int, float, float | None], None] | None = None) -> TrainResult:
+    """Fit the hazard model. With ``epsilon``, DP-SGD through Opacus (RDP accountant,
+    Poisson sampling of patients) with the noise calibrated so that the whole training
+    spends at most ``(epsilon, delta)``; without, plain full-batch fitting (no privacy).
+
+    The clipping norm matters more than it seems: a patient whose exit is the rarer one has
+    the larger gradient, so a norm that clips most patients biases the learned split
+    toward the common exit (at norm 1, a 1/3 exit came back as 0.28). The default 5 clips
+    few patients of a linear hazard model, and Adam with averaged iterates converges in
+    the few noisy steps the budget allows."""
+    torch.manual_seed(seed)
+    data = build_tensors(visits, spec)
+    if data.patients == 0:
+        raise ConfigError("no stays in the modelled states: nothing to learn from")
+    model = HazardModel(spec).to(device)
+    tensors = [t.to(device) for t in (data.x, data.y, data.mask, data.allowed)]
+    losses: list[float] = []
+    if epsilon is None:
+        opt = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=200,
+                                line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = patient_loss(model, *tensors).mean()
+            loss.backward()
+            return loss
+        for epoch in range(max(1, epochs // 10)):
+            loss = float(opt.step(closure).detach())
+            losses.append(loss)
+            if progress is not None:
+                progress(epoch + 1, loss, None)
+        return TrainResult(model, None, None, None, None, epochs, losses)
+
+    from opacus import PrivacyEngine
+    from torch.utils.data import DataLoader, TensorDataset
+
+    loader = DataLoader(TensorDataset(*tensors), batch_size=min(batch_size, data.patients),
+                        shuffle=True)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    engine = PrivacyEngine(accountant="rdp")
+    private, opt, loader = engine.make_private_with_epsilon(
+        module=model, optimizer=opt, data_loader=loader, target_epsilon=epsilon,
+        target_delta=delta, epochs=epochs, max_grad_norm=max_grad_norm)
+    # The released model is the average of the iterates of the second half of training
+    # (Polyak-Ruppert averaging): post-processing, so free of privacy cost, and it damps
+    # the DP noise of the last steps.
+    average = [torch.zeros_like(p) for p in model.parameters()]
+    averaged = 0
+    for epoch in range(epochs):
+        total, n = 0.0, 0
+        for xb, yb, mb, ab in loader:
+            if len(xb) == 0:
+                continue
+            opt.zero_grad()
+            loss = patient_loss(private, xb, yb, mb, ab).mean()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(xb)
+            n += len(xb)
+            if epoch >= epochs // 2:
+                with torch.no_grad():
+                    for a, p in zip(average, model.parameters(), strict=True):
+                        a += p
+                averaged += 1
+        spent = engine.get_epsilon(delta)
+        losses.append(total / max(n, 1))
+        if progress is not None:
+            progress(epoch + 1, losses[-1], spent)
+    if averaged:
+        with torch.no_grad():
+            for a, p in zip(average, model.parameters(), strict=True):
+                p.copy_(a / averaged)
+    return TrainResult(model, engine.get_epsilon(delta), delta, opt.noise_multiplier,
+                       max_grad_norm, epochs, losses, "rdp", 1 / len(loader),
+                       epochs * len(loader))
