@@ -274,9 +274,9 @@ def make_event_data(
         late = late.drop_duplicates("patient_id")
         for i, pid, t in zip(late["_row"], late["patient_id"], late["time"], strict=True):
             problems.append(Problem(events_file, place(int(i), "time"),
-                                    f"state entered at {t:g} days, after patient {pid!r}'s end "
-                                    f"of follow-up ({ends[pid]:g} days); fix the time or the "
-                                    "end of follow-up"))
+                                    f"state entered at {t:g} days, after the end of "
+                                    f"follow-up of patient {pid!r} ({ends[pid]:g} days); fix "
+                                    "the time or the end of follow-up"))
     if problems:
         raise DataError(problems)
     ev = ev.sort_values(["patient_id", "time", "_row"], kind="stable")
@@ -370,8 +370,9 @@ def _covariate(column: pd.Series, categorical: bool) -> pd.Series:
     categories are categorical; so is any column the caller names."""
     if isinstance(column.dtype, pd.CategoricalDtype):
         return column.astype(str).where(column.notna()).astype("category")
-    if not categorical and (pd.api.types.is_numeric_dtype(column.dtype)
-                            and not pd.api.types.is_bool_dtype(column.dtype)):
+    if pd.api.types.is_bool_dtype(column.dtype):
+        categorical = True
+    elif not categorical and pd.api.types.is_numeric_dtype(column.dtype):
         return column.astype(float)
     if not categorical:
         blank = column.isna() | (column.astype(str).str.strip() == "")

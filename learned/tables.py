@@ -94,6 +94,12 @@ def read_table(path: str | PathLike[str]) -> tuple[pd.DataFrame, str]:
             sep = "\t" if ".tsv" in name else ","
             frame = pd.read_csv(p, sep=sep, dtype=str, keep_default_na=False,
                                 skipinitialspace=True)
+            if not isinstance(frame.index, pd.RangeIndex):
+                # pandas takes the first column as an index when the first record has one
+                # field more than the header: never what an event table means.
+                raise DataError([Problem(str(p), "line 2", f"{len(frame.columns) + 1} fields "
+                                         f"but the header names {len(frame.columns)} columns; "
+                                         "remove the extra field (a trailing comma?)")])
             frame.columns = [str(c).strip() for c in frame.columns]
             # Line numbers assume one line per record (no line breaks inside quotes).
             frame[PLACE] = [f"line {i + 2}" for i in range(len(frame))]
