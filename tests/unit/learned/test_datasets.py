@@ -142,3 +142,19 @@ def test_a_missing_package_is_a_clear_error(monkeypatch):
                         lambda name, *a: None if name == "lifelines" else real(name, *a))
     with pytest.raises(ConfigError, match=r"ships in the lifelines package.*carecourse\[learn\]"):
         load_dataset("actg175")
+
+
+def test_run_does_not_load_the_learned_package(tmp_path):
+    """The CLI imports learned inside the commands that need it (DESIGN.md): a plain run
+    loads neither it nor pandas."""
+    import subprocess
+    import sys
+    code = ("import sys; from simulator.cli import main; "
+            f"main(['run', '-p', '1', '--out', {str(tmp_path / 'out')!r}, '--no-progress']); "
+            "print(sorted(m for m in ('learned', 'pandas', 'sksurv', 'lifelines') "
+            "if m in sys.modules))")
+    from tests.conftest import ROOT
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
