@@ -50,6 +50,7 @@ __all__ = [
     "DataSummary",
     "make_event_data",
     "covariate_kind",
+    "as_text",
 ]
 
 #: What an event is. ``state``: the patient enters the state ``code`` (an endpoint, death, a
@@ -262,7 +263,9 @@ def make_event_data(
         ends = pd.Series(0.0, index=base.index, dtype=float)
         ends.update(last)
     else:
-        ends = pd.Series(end, dtype=float).reindex(base.index)
+        ends = pd.Series(end, dtype=float)
+        ends.index = as_text(pd.Series(ends.index)).to_numpy()
+        ends = ends[~ends.index.duplicated()].reindex(base.index)
         # A patient without an end of follow-up is followed to its last event.
         ends = ends.fillna(last.reindex(base.index)).fillna(0.0)
         bad = ends[~np.isfinite(ends.to_numpy(dtype=float))]
@@ -300,10 +303,10 @@ def _events_frame(frame: pd.DataFrame, file: str, problems: list[Problem],
         return None
     place = PlaceFn(frame, names)
     n = len(frame)
-    pid = _text(frame["patient_id"])
-    code = _text(frame["code"])
+    pid = as_text(frame["patient_id"])
+    code = as_text(frame["code"])
     time = pd.to_numeric(frame["time"], errors="coerce").astype(float)
-    kind = _text(frame["kind"]) if "kind" in frame.columns else pd.Series(["state"] * n)
+    kind = as_text(frame["kind"]) if "kind" in frame.columns else pd.Series(["state"] * n)
     kind = kind.str.strip().str.lower().replace("", "state")
     if "value" in frame.columns:
         raw = frame["value"]
@@ -315,7 +318,7 @@ def _events_frame(frame: pd.DataFrame, file: str, problems: list[Problem],
                                     "write a number"))
     else:
         value = pd.Series(np.nan, index=range(n), dtype=float)
-    display = _text(frame["display"]) if "display" in frame.columns else pd.Series([""] * n)
+    display = as_text(frame["display"]) if "display" in frame.columns else pd.Series([""] * n)
     for i in np.flatnonzero((pid == "").to_numpy()):
         problems.append(Problem(file, place(int(i), "patient_id"), "the patient id is empty"))
     for i in np.flatnonzero(~np.isfinite(time.to_numpy())):
@@ -341,7 +344,7 @@ def _baseline_frame(frame: pd.DataFrame, file: str, categorical: set[str],
         return None
     place = PlaceFn(frame, {"patient_id": names.get("baseline_patient_id",
                                                     names.get("patient_id", "patient_id"))})
-    pid = _text(frame["patient_id"])
+    pid = as_text(frame["patient_id"])
     for i in np.flatnonzero((pid == "").to_numpy()):
         problems.append(Problem(file, place(int(i), "patient_id"), "the patient id is empty"))
     first: dict[str, int] = {}
@@ -388,7 +391,7 @@ def _listed(frame: pd.DataFrame) -> str:
     return ", ".join(str(c) for c in frame.columns if c != PLACE) or "no columns"
 
 
-def _text(column: pd.Series) -> pd.Series:
+def as_text(column: pd.Series) -> pd.Series:
     """Strings, with missing values as ""; numbers written as whole numbers lose ".0"."""
     def one(v: object) -> str:
         if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from learned.events import PLACE, TIME_UNITS, EventData, make_event_data
+from learned.events import PLACE, TIME_UNITS, EventData, as_text, make_event_data
 from modules.errors import ConfigError, DataError, Problem
 
 __all__ = ["TableColumns", "read_event_tables", "read_table"]
@@ -154,8 +154,8 @@ def read_event_tables(
     for role in ("kind", "value", "display"):
         if getattr(cols, role) in ev_raw.columns:
             ev[role] = ev_raw[getattr(cols, role)]
-    base_pid = base_raw[bpid].astype(str).str.strip()
-    ev_pid = ev_raw[cols.patient].astype(str).str.strip()
+    base_pid = as_text(base_raw[bpid])
+    ev_pid = as_text(ev_raw[cols.patient])
 
     times, is_date = _times(ev_raw, cols.time, ev_file, date_format, problems)
     has_origin = cols.origin in base_raw.columns
@@ -236,8 +236,7 @@ def _times(frame: pd.DataFrame, column: str, file: str, date_format: str | None,
     raw = frame[column]
     places = frame[PLACE].tolist()
     if pd.api.types.is_datetime64_any_dtype(raw.dtype):  # Parquet timestamps or dates
-        stamps = pd.to_datetime(raw, utc=True)
-        seconds = pd.Series((stamps.astype("int64") / 1e9).where(stamps.notna()).to_numpy())
+        seconds = pd.Series(_seconds(pd.to_datetime(raw, utc=True)).to_numpy())
         return _report(seconds, raw, places, file, column, "date", problems,
                        allow_blank), True
     if pd.api.types.is_numeric_dtype(raw.dtype) and not want_dates:
@@ -250,13 +249,19 @@ def _times(frame: pd.DataFrame, column: str, file: str, date_format: str | None,
         stamps = pd.to_datetime(text.where(text != ""), format=fmt, utc=True, errors="coerce")
     except ValueError as exc:  # a malformed --date-format
         raise ConfigError(f"--date-format {date_format!r}: {exc}") from None
-    dates = pd.Series(np.where(stamps.notna(), stamps.astype("int64") / 1e9, np.nan))
+    dates = _seconds(stamps)
     n_num, n_date = int(numbers.notna().sum()), int(dates.notna().sum())
     is_date = want_dates or (not want_numbers and n_date > n_num)
     if is_date:
         return _report(dates, raw, places, file, column, "date", problems, allow_blank), True
     return _report(numbers.astype(float), raw, places, file, column, "number", problems,
                    allow_blank), False
+
+
+def _seconds(stamps: pd.Series) -> pd.Series:
+    """Seconds since 1970 (UTC) of timezone-aware timestamps, whatever their resolution;
+    NaN for NaT."""
+    return (stamps - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
 
 
 def _report(parsed: pd.Series, raw: pd.Series, places: list[str], file: str, column: str,

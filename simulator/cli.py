@@ -405,6 +405,16 @@ def _cmd_datasets_show(args: argparse.Namespace) -> int:
     path = Path(args.name)
     table = path.name.lower().endswith((".csv", ".csv.gz", ".tsv", ".tsv.gz", ".parquet",
                                         ".pq"))
+    table_options = [flag for flag, given in (
+        ("--baseline", args.baseline), ("--columns", args.columns),
+        ("--date-format", args.date_format), ("--categorical", args.categorical),
+        ("--initial-state", args.initial_state), ("--time-unit", args.time_unit != "days"))
+        if given]
+    if table_options and not table:
+        raise ConfigError(f"{', '.join(table_options)} go(es) with an event table "
+                          f"(.csv, .tsv, .parquet), not with {args.name}")
+    if args.reference_date and (table or args.name in dataset_names()):
+        raise ConfigError("--reference-date goes with FHIR data (a folder of bundles or ndjson)")
     if args.name in dataset_names():
         info = get_dataset(args.name)
         data = load_dataset(args.name)

@@ -160,6 +160,11 @@ def test_bad_options(tmp_path, capsys):
     assert "--baseline FILE" in capsys.readouterr().err
     assert cli("datasets", "show", ev, "--baseline", base, "--columns", "nope") == 2
     assert "ROLE=COLUMN" in capsys.readouterr().err
+    assert cli("datasets", "show", "actg320", "--baseline", base) == 2
+    assert "--baseline go(es) with an event table" in capsys.readouterr().err
+    assert cli("datasets", "show", ev, "--baseline", base, "--reference-date",
+               "2020-01-01") == 2
+    assert "--reference-date goes with FHIR data" in capsys.readouterr().err
 
 
 def test_show_summarises_an_event_table(tmp_path, capsys):
