@@ -1,1 +1,14 @@
-"""carecourse learned transitions (differentially private models); see the learned-transitions issue."""
+"""carecourse learned transitions: everything trained on real data.
+
+Data in (the first part of the learned-transitions issue):
+
+- :mod:`learned.events`: the common event form (:class:`~learned.events.EventData`) and its
+  validation;
+- :mod:`learned.tables`: CSV and Parquet event tables with a baseline-covariate table;
+- :mod:`learned.fhir`: FHIR R4 bundles and Bulk Data ndjson;
+- :mod:`learned.datasets`: real clinical data sets shipped inside installable packages
+  (ACTG 320, ACTG 175, GBSG-2 lymph node, Stanford heart transplant);
+- :mod:`learned.describe`: the summaries ``carecourse datasets`` prints.
+
+Nothing is imported here, so importing one adapter does not load the others' dependencies.
+"""

@@ -18,6 +18,7 @@ __all__ = [
     "ConfigError",
     "SimulationError",
     "OutputError",
+    "DataError",
 ]
 
 
@@ -62,3 +63,22 @@ class SimulationError(CarecourseError):
 
 class OutputError(CarecourseError):
     """Output cannot be written where it was asked to go."""
+
+
+class DataError(CarecourseError):
+    """A data file (event table, baseline table, FHIR resources, a bundled data set) is
+    malformed; ``problems`` lists every finding, each with its file and place (row and
+    column, or FHIR path)."""
+
+    #: At most this many problems are spelled out in the message; all are in ``problems``.
+    SHOWN = 20
+
+    def __init__(self, problems: list[Problem]) -> None:
+        if not problems:
+            raise ValueError("DataError needs at least one problem")
+        self.problems = list(problems)
+        lines = [str(p) for p in self.problems[: self.SHOWN]]
+        if len(self.problems) > self.SHOWN:
+            lines.append(f"... and {len(self.problems) - self.SHOWN} more problem(s)")
+        head = f"{len(self.problems)} problem(s) in data:" if len(self.problems) > 1 else ""
+        super().__init__("\n".join([head, *lines]) if head else lines[0])

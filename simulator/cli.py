@@ -138,6 +138,36 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("--out", type=Path, required=True, help="FILE.svg or FILE.png")
     mg.add_argument("--modules-dir", type=Path, help="module library folder (default: embedded)")
     mg.set_defaults(func=_cmd_modules_graph)
+
+    d = sub.add_parser("datasets", help="list the built-in real data sets; summarise one, "
+                                        "or your own event data")
+    dsub = d.add_subparsers(dest="datasets_command")
+    dl = dsub.add_parser("list", help="list the built-in data sets (the default)")
+    dl.set_defaults(func=_cmd_datasets_list)
+    ds = dsub.add_parser("show", help="counts per state, transition and covariate")
+    ds.add_argument("name", help="a built-in data set (carecourse datasets lists them), a "
+                                 "folder of FHIR bundles or ndjson files, or an event table "
+                                 "(.csv, .tsv, .parquet) with --baseline")
+    ds.add_argument("--baseline", type=Path, metavar="FILE",
+                    help="the baseline-covariate table that goes with an event table")
+    ds.add_argument("--columns", metavar="ROLE=COLUMN,...",
+                    help="the tables' column names, e.g. patient=pid,time=date,code=event "
+                         "(roles: patient, time, code, kind, value, display, "
+                         "baseline_patient, origin, end)")
+    ds.add_argument("--time-unit", choices=("days", "weeks", "months", "years"),
+                    default="days", help="unit of numeric times in an event table")
+    ds.add_argument("--date-format", metavar="FORMAT",
+                    help="strftime format of dates in an event table (default ISO 8601)")
+    ds.add_argument("--categorical", action="append", default=[], metavar="COLUMN",
+                    help="a numeric baseline column that is categorical (repeatable)")
+    ds.add_argument("--initial-state", metavar="STATE",
+                    help="the state every patient of an event table starts in")
+    ds.add_argument("--reference-date", type=_date, metavar="YYYY-MM-DD",
+                    help="FHIR: end of follow-up of the living (default: the latest date)")
+    ds.add_argument("--top", type=_positive, default=15, metavar="N",
+                    help="show at most N codes and transitions (default 15)")
+    ds.set_defaults(func=_cmd_datasets_show)
+    d.set_defaults(func=_cmd_datasets_list)
     return p
 
 
@@ -357,6 +387,56 @@ def _cmd_modules_graph(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {args.out}: the drawing format follows the suffix; use .svg or .png")
     out = draw_module(module.graph, args.out)
     print(f"wrote {out} ({module.graph.number_of_nodes()} states)")
+    return 0
+
+
+def _cmd_datasets_list(args: argparse.Namespace) -> int:
+    from learned.describe import catalogue
+
+    print(catalogue())
+    return 0
+
+
+def _cmd_datasets_show(args: argparse.Namespace) -> int:
+    from learned.datasets import dataset_names, get_dataset, load_dataset
+    from learned.describe import describe
+
+    info = None
+    path = Path(args.name)
+    table = path.name.lower().endswith((".csv", ".csv.gz", ".tsv", ".tsv.gz", ".parquet",
+                                        ".pq"))
+    table_options = [flag for flag, given in (
+        ("--baseline", args.baseline), ("--columns", args.columns),
+        ("--date-format", args.date_format), ("--categorical", args.categorical),
+        ("--initial-state", args.initial_state), ("--time-unit", args.time_unit != "days"))
+        if given]
+    if table_options and not table:
+        raise ConfigError(f"{', '.join(table_options)} go(es) with an event table "
+                          f"(.csv, .tsv, .parquet), not with {args.name}")
+    if args.reference_date and (table or args.name in dataset_names()):
+        raise ConfigError("--reference-date goes with FHIR data (a folder of bundles or ndjson)")
+    if args.name in dataset_names():
+        info = get_dataset(args.name)
+        data = load_dataset(args.name)
+    elif table:
+        from learned.tables import TableColumns, read_event_tables
+
+        if args.baseline is None:
+            raise ConfigError(f"{path}: an event table needs its baseline table; give "
+                              "--baseline FILE (one row per patient: id and covariates)")
+        columns = TableColumns.parse(args.columns) if args.columns else None
+        data = read_event_tables(path, args.baseline, columns=columns,
+                                 time_unit=args.time_unit, date_format=args.date_format,
+                                 categorical=tuple(args.categorical),
+                                 initial_state=args.initial_state)
+    elif path.exists():
+        from learned.fhir import read_fhir
+
+        data = read_fhir(path, reference_date=args.reference_date)
+    else:
+        raise ConfigError(f"{args.name!r} is neither a built-in data set ("
+                          f"{', '.join(dataset_names())}) nor an existing file or folder")
+    print(describe(data, info, top=args.top))
     return 0
 
 
