@@ -95,8 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run on a local Dask cluster of N worker processes")
     r.add_argument("--scheduler", metavar="ADDRESS",
                    help="run on an existing Dask cluster (tcp://HOST:8786)")
-    r.add_argument("--partition-size", type=_positive, default=100, metavar="N",
-                   help="patients per Dask partition (default 100)")
+    r.add_argument("--partition-size", type=_positive, default=None, metavar="N",
+                   help="patients per Dask partition (default: a hundredth of the "
+                        "population, between 10 and 100)")
     r.add_argument("--lenient", action="store_true",
                    help="load modules with transitions to missing states (error only if taken)")
     r.add_argument("--validate", action="store_true",
