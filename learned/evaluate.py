@@ -86,6 +86,9 @@ __all__ = [
     "time_to_state",
     "register_classifier",
     "classifier_names",
+    # re-exported for Kaplan-Meier comparisons elsewhere (trial arms)
+    "km_compare",
+    "KMComparison",
 ]
 
 _YEAR = 365.25

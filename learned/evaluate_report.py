@@ -25,8 +25,9 @@ from modules.errors import OutputError
 
 if TYPE_CHECKING:
     from learned.evaluate import Metrics, Report
+    from learned.evaluate_metrics import KMComparison
 
-__all__ = ["figures", "render_html", "write_report", "readings", "REPORT_FILES"]
+__all__ = ["figures", "km_figure", "render_html", "write_report", "readings", "REPORT_FILES"]
 
 #: The files of a report folder (besides figures/).
 REPORT_FILES = ("report.html", "metrics.json")
@@ -62,7 +63,7 @@ def figures(report: Report) -> dict[str, bytes]:
             out[key] = _heatmaps(*d.associations[key], title=title,
                                  signed=key == "correlation")
     if d.km:
-        out["km"] = _km(report)
+        out["km"] = km_figure(d.km)
     if d.roc:
         out["utility_roc"] = _roc({"train on synthetic, test on real": d.roc.get("tstr"),
                                    "train on real, test on real": d.roc.get("trtr")},
@@ -133,8 +134,12 @@ def _heatmaps(columns: tuple[str, ...], real: np.ndarray, syn: np.ndarray, *, ti
     return _png(fig)
 
 
-def _km(report: Report) -> bytes:
-    items = list(report.details.km.items())
+def km_figure(comparisons: Mapping[str, KMComparison],
+              title: str = "Kaplan-Meier curves of the time to each state (95% bands)"
+              ) -> bytes:
+    """A PNG with one panel per comparison (name -> :class:`KMComparison`): both curves
+    as steps with their confidence bands, the largest gap and the log-rank p-value."""
+    items = list(comparisons.items())
     fig, axes = _grid(len(items), 3, (4.2, 3.2))
     for ax, (state, cmp) in zip(axes, items, strict=True):
         for curve, color in ((cmp.a, REAL), (cmp.b, SYNTHETIC)):
@@ -149,7 +154,7 @@ def _km(report: Report) -> bytes:
                      fontsize=9)
         ax.legend(fontsize=7, loc="lower left")
         ax.tick_params(labelsize=7)
-    fig.suptitle("Kaplan-Meier curves of the time to each state (95% bands)", fontsize=11)
+    fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return _png(fig)
 
