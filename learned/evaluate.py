@@ -482,6 +482,12 @@ def align(real: EventData, synthetic: EventData, *, holdout: EventData | None = 
         if data is not None and data.patients == 0:
             raise ConfigError(f"{label} data {data.name}: no patients; nothing to compare")
     notes: list[str] = []
+    if holdout is not None:
+        both = set(real.baseline.index) & set(holdout.baseline.index)
+        if both:
+            notes.append(f"{len(both)} patient id(s) are both in the real and in the holdout "
+                         "data; if they are the same patients, the holdout is not one and the "
+                         "privacy tests cannot see copying")
     if rename:
         synthetic = _rename(synthetic, rename)
         notes.append("renamed in the synthetic data: " + ", ".join(

@@ -336,6 +336,12 @@ def test_a_covariate_outcome_for_baseline_only_synthetic_data(split):
         evaluate(train, train, options=EvaluateOptions(outcome="nope", resamples=200))
 
 
+def test_a_holdout_that_shares_patients_with_the_training_data_is_noted(real):
+    aligned = align(real, real, holdout=select_patients(real, list(real.baseline.index)[:10]))
+    assert any("10 patient id(s) are both in the real and in the holdout" in n
+               for n in aligned.notes)
+
+
 def test_without_a_holdout_the_reference_is_cross_validated(real):
     report = evaluate(real, population(600, seed=12, prefix="s"), options=FAST)
     u, p = report.metrics.utility, report.metrics.privacy
