@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from modules.errors import CarecourseError, ConfigError
@@ -55,6 +56,34 @@ def _non_negative(text: str) -> int:
     if v < 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
     return v
+
+
+def _number(ok: Callable[[float], bool], hint: str) -> Callable[[str], float]:
+    """An argparse type: a number for which ``ok`` holds, else "TEXT HINT"."""
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"{text!r} {hint}")
+        return v
+    return parse
+
+
+_fraction = _number(lambda v: 0 < v < 1, "must be between 0 and 1, e.g. 0.3")
+_days = _number(lambda v: 0 < v < float("inf"), "must be a positive number of days")
+
+
+def _pairs(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        a, sep, b = part.partition("=")
+        if not sep or not a.strip() or not b.strip():
+            raise argparse.ArgumentTypeError(f"{text!r}: write SYNTHETIC=REAL pairs separated "
+                                             "by commas, e.g. sex=gender,SNOMED-CT|1234=aids")
+        out[a.strip()] = b.strip()
+    return out
 
 
 def _formats(text: str) -> tuple[str, ...]:
@@ -147,29 +176,85 @@ def build_parser() -> argparse.ArgumentParser:
     dl.set_defaults(func=_cmd_datasets_list)
     ds = dsub.add_parser("show", help="counts per state, transition and covariate")
     ds.add_argument("name", help="a built-in data set (carecourse datasets lists them), a "
-                                 "folder of FHIR bundles or ndjson files, or an event table "
-                                 "(.csv, .tsv, .parquet) with --baseline")
+                                 "folder of FHIR bundles or ndjson files, carecourse CSV "
+                                 "output (a run's --out folder), or an event table (.csv, "
+                                 ".tsv, .parquet) with --baseline")
     ds.add_argument("--baseline", type=Path, metavar="FILE",
                     help="the baseline-covariate table that goes with an event table")
-    ds.add_argument("--columns", metavar="ROLE=COLUMN,...",
-                    help="the tables' column names, e.g. patient=pid,time=date,code=event "
-                         "(roles: patient, time, code, kind, value, display, "
-                         "baseline_patient, origin, end)")
-    ds.add_argument("--time-unit", choices=("days", "weeks", "months", "years"),
-                    default="days", help="unit of numeric times in an event table")
-    ds.add_argument("--date-format", metavar="FORMAT",
-                    help="strftime format of dates in an event table (default ISO 8601)")
-    ds.add_argument("--categorical", action="append", default=[], metavar="COLUMN",
-                    help="a numeric baseline column that is categorical (repeatable)")
-    ds.add_argument("--initial-state", metavar="STATE",
-                    help="the state every patient of an event table starts in")
+    _table_arguments(ds)
     ds.add_argument("--reference-date", type=_date, metavar="YYYY-MM-DD",
-                    help="FHIR: end of follow-up of the living (default: the latest date)")
+                    help="FHIR / CSV output: end of follow-up of the living (default: the "
+                         "latest date)")
     ds.add_argument("--top", type=_positive, default=15, metavar="N",
                     help="show at most N codes and transitions (default 15)")
     ds.set_defaults(func=_cmd_datasets_show)
     d.set_defaults(func=_cmd_datasets_list)
+
+    e = sub.add_parser("evaluate", help="compare a synthetic population with the real data it "
+                                        "learned from: fidelity, utility, privacy")
+    e.add_argument("--real", required=True, metavar="DATA",
+                   help="the real data the generator learned from: a built-in data set, an "
+                        "event table (with --real-baseline), FHIR, or carecourse CSV output")
+    e.add_argument("--synthetic", required=True, metavar="DATA",
+                   help="the synthetic population: a carecourse run's --out folder (CSV or "
+                        "FHIR), an event table (with --synthetic-baseline), or a baseline "
+                        "table alone (covariates only)")
+    hold = e.add_mutually_exclusive_group()
+    hold.add_argument("--holdout", metavar="DATA",
+                      help="real patients the generator never saw (same kinds of source)")
+    hold.add_argument("--holdout-fraction", type=_fraction, metavar="F",
+                      help="hold out this share of --real's patients, split as "
+                           "learned.evaluate.split_holdout does with --seed")
+    e.add_argument("--seed", type=_non_negative, default=0,
+                   help="seed of the holdout split, bootstrap and folds (default 0)")
+    for who in ("real", "synthetic", "holdout"):
+        e.add_argument(f"--{who}-baseline", type=Path, metavar="FILE",
+                       help=f"the baseline table that goes with an event table as --{who}")
+    _table_arguments(e)
+    e.add_argument("--reference-date", type=_date, metavar="YYYY-MM-DD",
+                   help="FHIR / CSV output: end of follow-up of the living")
+    e.add_argument("--origin-state", metavar="CODE",
+                   help="re-time data counted from birth (carecourse output, FHIR): time 0 "
+                        "is the first entry into this state (a code, its code without the "
+                        "system, or its display)")
+    e.add_argument("--rename", type=_pairs, default={}, metavar="SYNTHETIC=REAL,...",
+                   help="synthetic covariate names and state codes to read as the real ones")
+    e.add_argument("--outcome", metavar="NAME",
+                   help="utility outcome: a state (entered by --horizon) or a two-valued "
+                        "covariate (default: the first state after the initial one)")
+    e.add_argument("--horizon", type=_days, metavar="DAYS",
+                   help="a state outcome counts when entered by this day (default: the "
+                        "median real follow-up)")
+    e.add_argument("--follow-up", type=_days, metavar="DAYS",
+                   help="censor every population at this day (default: the longest real "
+                        "follow-up)")
+    e.add_argument("--bins", type=_positive, default=10, metavar="N",
+                   help="bins of numeric covariates (default 10)")
+    e.add_argument("--model", default="logistic",
+                   help="utility classifier: logistic or boosting (default logistic)")
+    e.add_argument("--resamples", type=_positive, default=1000, metavar="N",
+                   help="bootstrap resamples of each AUC interval (default 1000)")
+    e.add_argument("--out", type=Path, required=True, metavar="DIR",
+                   help="report folder: report.html, metrics.json, figures/")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.set_defaults(func=_cmd_evaluate)
     return p
+
+
+def _table_arguments(p: argparse.ArgumentParser) -> None:
+    """How event tables are read (``datasets show``, ``evaluate``)."""
+    p.add_argument("--columns", metavar="ROLE=COLUMN,...",
+                   help="the tables' column names, e.g. patient=pid,time=date,code=event "
+                        "(roles: patient, time, code, kind, value, display, "
+                        "baseline_patient, origin, end)")
+    p.add_argument("--time-unit", choices=("days", "weeks", "months", "years"),
+                   default="days", help="unit of numeric times in an event table")
+    p.add_argument("--date-format", metavar="FORMAT",
+                   help="strftime format of dates in an event table (default ISO 8601)")
+    p.add_argument("--categorical", action="append", default=[], metavar="COLUMN",
+                   help="a numeric baseline column that is categorical (repeatable)")
+    p.add_argument("--initial-state", metavar="STATE",
+                   help="the state every patient of an event table starts in")
 
 
 def _server_options(p: argparse.ArgumentParser, upload_flag: str) -> None:
@@ -399,46 +484,107 @@ def _cmd_datasets_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_datasets_show(args: argparse.Namespace) -> int:
-    from learned.datasets import dataset_names, get_dataset, load_dataset
     from learned.describe import describe
+    from learned.sources import read_source
 
-    info = None
-    path = Path(args.name)
-    table = path.name.lower().endswith((".csv", ".csv.gz", ".tsv", ".tsv.gz", ".parquet",
-                                        ".pq"))
-    table_options = [flag for flag, given in (
-        ("--baseline", args.baseline), ("--columns", args.columns),
-        ("--date-format", args.date_format), ("--categorical", args.categorical),
-        ("--initial-state", args.initial_state), ("--time-unit", args.time_unit != "days"))
-        if given]
-    if table_options and not table:
-        raise ConfigError(f"{', '.join(table_options)} go(es) with an event table "
-                          f"(.csv, .tsv, .parquet), not with {args.name}")
-    if args.reference_date and (table or args.name in dataset_names()):
-        raise ConfigError("--reference-date goes with FHIR data (a folder of bundles or ndjson)")
-    if args.name in dataset_names():
-        info = get_dataset(args.name)
-        data = load_dataset(args.name)
-    elif table:
-        from learned.tables import TableColumns, read_event_tables
-
-        if args.baseline is None:
-            raise ConfigError(f"{path}: an event table needs its baseline table; give "
-                              "--baseline FILE (one row per patient: id and covariates)")
-        columns = TableColumns.parse(args.columns) if args.columns else None
-        data = read_event_tables(path, args.baseline, columns=columns,
-                                 time_unit=args.time_unit, date_format=args.date_format,
-                                 categorical=tuple(args.categorical),
-                                 initial_state=args.initial_state)
-    elif path.exists():
-        from learned.fhir import read_fhir
-
-        data = read_fhir(path, reference_date=args.reference_date)
-    else:
-        raise ConfigError(f"{args.name!r} is neither a built-in data set ("
-                          f"{', '.join(dataset_names())}) nor an existing file or folder")
-    print(describe(data, info, top=args.top))
+    source = read_source(args.name, baseline=args.baseline, table=_table_options(args),
+                         reference_date=args.reference_date)
+    print(describe(source.data, source.info, top=args.top))
     return 0
+
+
+def _table_options(args: argparse.Namespace):
+    from learned.sources import TableOptions
+
+    return TableOptions(columns=args.columns, time_unit=args.time_unit,
+                        date_format=args.date_format, categorical=tuple(args.categorical),
+                        initial_state=args.initial_state)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    missing = [name for name, module in (("lifelines", "lifelines"), ("scikit-learn", "sklearn"),
+                                         ("scipy", "scipy"))
+               if importlib.util.find_spec(module) is None]
+    if missing:
+        raise ConfigError(f"carecourse evaluate needs {', '.join(missing)}; "
+                          "pip install 'carecourse[learn]'")
+    from learned.evaluate import EvaluateOptions, evaluate, split_holdout
+    from learned.sources import is_table, read_source
+
+    options = EvaluateOptions(bins=args.bins, outcome=args.outcome, horizon=args.horizon,
+                              follow_up=args.follow_up, model=args.model,
+                              resamples=args.resamples, seed=args.seed,
+                              progress=not args.no_progress)
+    options.check()
+    table = _table_options(args)
+    named = [args.real, args.synthetic] + ([args.holdout] if args.holdout else [])
+    if table.given() and not any(is_table(n) for n in named):
+        raise ConfigError(f"{', '.join(table.given())} go(es) with event tables (.csv, .tsv, "
+                          "parquet), and none of --real, --synthetic, --holdout is one")
+
+    def read(label: str, name: str, baseline: Path | None):
+        own = table if is_table(name) else None
+        try:
+            # A table without its baseline is read as covariates alone (the baseline
+            # generator's samples, a covariate table of the real data).
+            return read_source(name, baseline=baseline, table=own,
+                               reference_date=args.reference_date if not is_table(name)
+                               and not _is_dataset(name) else None, baseline_only=True)
+        except ConfigError as exc:
+            raise ConfigError(f"--{label}: {exc}") from None
+
+    real = read("real", args.real, args.real_baseline)
+    synthetic = read("synthetic", args.synthetic, args.synthetic_baseline)
+    if args.holdout_baseline and not args.holdout:
+        raise ConfigError("--holdout-baseline goes with --holdout DATA")
+    inputs = {"real": f"{args.real} ({real.kind}, {real.data.patients} patients)",
+              "synthetic": f"{args.synthetic} ({synthetic.kind}, "
+                           f"{synthetic.data.patients} patients)"}
+    train, holdout = real.data, None
+    if args.holdout:
+        holdout = read("holdout", args.holdout, args.holdout_baseline).data
+        inputs["holdout"] = f"{args.holdout} ({holdout.patients} patients)"
+    elif args.holdout_fraction:
+        train, holdout = split_holdout(real.data, args.holdout_fraction, args.seed)
+        inputs["holdout"] = (f"{holdout.patients} of the {real.data.patients} real patients "
+                             f"({args.holdout_fraction:g}, seed {args.seed}); the other "
+                             f"{train.patients} are the training data")
+    else:
+        inputs["holdout"] = "none"
+    if args.reference_date and not any(
+            s.kind in ("fhir", "csv") for s in (real, synthetic)) and args.holdout is None:
+        raise ConfigError("--reference-date goes with FHIR data or carecourse CSV output, and "
+                          "no input is one")
+    if args.origin_state:
+        inputs["origin state"] = args.origin_state
+    inputs["options"] = (f"bins {options.bins}, model {options.model}, {options.resamples} "
+                         f"bootstrap resamples, seed {options.seed}")
+    report = evaluate(train, synthetic.data, holdout=holdout, options=options,
+                      origin_state=args.origin_state, rename=args.rename, inputs=inputs)
+    out = report.write(args.out)
+    _print_evaluation(report.metrics, out)
+    return 0
+
+
+def _is_dataset(name: str) -> bool:
+    from learned.datasets import dataset_names
+
+    return name in dataset_names()
+
+
+def _print_evaluation(m, out: Path) -> None:
+    from learned.evaluate_report import readings
+
+    print(f"Evaluated {m.synthetic_patients} synthetic against {m.real_patients} real "
+          f"patients" + (f" and {m.holdout_patients} held out" if m.holdout_patients else ""))
+    for section, lines in readings(m).items():
+        print(f"  {section}:")
+        for line in lines:
+            print(f"    {line}")
+    print(f"  report: {(out / 'report.html').resolve()}")
+    print(f"  metrics: {(out / 'metrics.json').resolve()}")
 
 
 def main(argv: list[str] | None = None) -> int:
