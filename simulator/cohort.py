@@ -222,9 +222,11 @@ class Subject:
     sex: str
     race: str
     ethnicity: str
-    #: The baseline row as the source gave it (column -> value).
+    #: The baseline row as the source gave it (column -> value), but its id column.
     covariates: Mapping[str, Any]
     endpoints: Mapping[str, EndpointValue]
+    #: The row's id in the source (``baseline.id``); never written to the datasets.
+    source_id: str | None = None
 
     @property
     def index_date(self) -> dt.date:
@@ -402,7 +404,7 @@ class _Builder:
         self.protocol = protocol
         self.source = source
         b = protocol.baseline
-        mapped = {b.age, b.sex.column} | {c.column for c in (b.race, b.ethnicity) if c}
+        mapped = {b.age, b.sex.column, b.id} | {c.column for c in (b.race, b.ethnicity) if c}
         self.attributes = b.attributes if b.attributes is not None else tuple(
             c for c in source.columns if c not in mapped)
         self.inclusion = [(c.name, compile_condition(dict(c.condition)))
@@ -764,6 +766,7 @@ def _snapshot(e: Endpoint, cond: Cond | None, person: Person, probe: _Probe, t: 
 def _check_columns(protocol: Protocol, source: BaselineSource) -> None:
     b = protocol.baseline
     need = [("baseline.age", b.age), ("baseline.sex", b.sex.column)]
+    need += [("baseline.id", b.id)] if b.id else []
     need += [(f"baseline.{k}", c.column) for k, c in (("race", b.race),
                                                       ("ethnicity", b.ethnicity)) if c]
     need += [(f"baseline.attributes[{i}]", c) for i, c in enumerate(b.attributes or ())]
@@ -843,7 +846,10 @@ def run_cohort(protocol: Protocol, source: BaselineSource, programs: dict[str, P
                     end_time=end, end_reason=reason,
                     death_time=person.death if reason == "death" else None,
                     age=float(row[protocol.baseline.age]), sex=person.gender, race=race,
-                    ethnicity=ethnicity, covariates=dict(row), endpoints=endpoints)
+                    ethnicity=ethnicity, endpoints=endpoints,
+                    covariates={k: v for k, v in row.items() if k != protocol.baseline.id},
+                    source_id=_cell_text(row[protocol.baseline.id])
+                    if protocol.baseline.id else None)
                 subjects.append(subject)
                 if on_enrolled is not None:
                     on_enrolled(person, subject)

@@ -222,6 +222,8 @@ class BaselineSpec:
     dataset: str | None = None
     where: Mapping[str, frozenset[str]] = field(default_factory=dict)
     replace: bool = False
+    #: A column that identifies rows in the source; never a covariate.
+    id: str | None = None
     age: str = "age"
     sex: ColumnMap = field(default_factory=lambda: ColumnMap("sex"))
     race: ColumnMap | None = None
@@ -554,7 +556,7 @@ class _Validator:
         return None if col is None else ColumnMap(col, values)
 
     def baseline(self, v: Any, where: str) -> BaselineSpec | None:
-        m = self.mapping(v, where, ("source", "replace", "age", "sex", "race", "ethnicity",
+        m = self.mapping(v, where, ("source", "replace", "id", "age", "sex", "race", "ethnicity",
                                     "attributes", "conditions", "medications",
                                     "observations", "vital_signs"),
                          ("source", "age", "sex"))
@@ -586,6 +588,7 @@ class _Validator:
                         vals = val if isinstance(val, list) else [val]
                         where_filter[str(col)] = frozenset(_text(x) for x in vals)
         replace = self.boolean(m.get("replace"), f"{where}.replace", False)
+        id_col = self.string(m.get("id"), f"{where}.id", default=None)
         age = self.string(m.get("age"), f"{where}.age") if "age" in m else None
         sex = self.column_map(m["sex"], f"{where}.sex") if "sex" in m else None
         if sex is not None and sex.values:
@@ -623,7 +626,8 @@ class _Validator:
         if kind is None or age is None or sex is None:
             return None
         return BaselineSpec(source=kind, path=path, dataset=dataset,  # type: ignore[arg-type]
-                            where=where_filter, replace=replace, age=age, sex=sex, race=race,
+                            where=where_filter, replace=replace, id=id_col, age=age, sex=sex,
+                            race=race,
                             ethnicity=eth, attributes=attributes,
                             conditions=coded["conditions"], medications=coded["medications"],
                             observations=observations, vital_signs=vitals)
@@ -972,7 +976,7 @@ def sampling_constraints(protocol: Protocol) -> dict[str, Constraint]:
 
 
 def _is_column_attribute(b: BaselineSpec, name: str) -> bool:
-    used = {b.age, b.sex.column} | {c.column for c in (b.race, b.ethnicity) if c}
+    used = {b.age, b.sex.column, b.id} | {c.column for c in (b.race, b.ethnicity) if c}
     return name not in used if b.attributes is None else name in b.attributes
 
 
