@@ -284,8 +284,9 @@ def cox_hazard_ratio(arm: Arm, reference: Arm) -> HazardRatio:
     cph.fit(frame, duration_col="time", event_col="event")
     b = float(cph.params_["arm"])
     se = float(cph.standard_errors_["arm"])
+    p = math.erfc(abs(b / se) / math.sqrt(2.0))  # two-sided Wald test, as lifelines'
     return HazardRatio(arm.name, reference.name, math.exp(b), math.exp(b - 1.959964 * se),
-                       math.exp(b + 1.959964 * se), float(cph.summary.loc["arm", "p"]), b, se)
+                       math.exp(b + 1.959964 * se), p, b, se)
 
 
 def compare_arms(synthetic: Arm, real: Arm, treatment: Arm | None = None, *,
@@ -357,10 +358,11 @@ def read_real_arm(path: Path, name: str, *, time: str = "time", event: str = "ev
     word = "line" if line == 2 else "row"
     for i in np.flatnonzero(~np.isfinite(t) | (t < 0))[:20]:
         problems.append(Problem(str(path), f"{word} {i + line}, column {time!r}",
-                                f"{frame[time].iloc[i]!r} is not a time >= 0"))
+                                f"{_text(frame[time].iloc[i])!r} is not a time >= 0"))
     for i in np.flatnonzero(np.isnan(e))[:20]:
         problems.append(Problem(str(path), f"{word} {i + line}, column {event!r}",
-                                f"{frame[event].iloc[i]!r} is not 1 (event) or 0 (censored)"))
+                                f"{_text(frame[event].iloc[i])!r} is not 1 (event) or 0 "
+                                "(censored)"))
     if problems:
         raise DataError(problems)
     if not len(frame):
