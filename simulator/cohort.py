@@ -415,7 +415,10 @@ class _Builder:
         self.first_day = day_of(ix.start)
         self.days = (ix.end - ix.start).days + 1
 
-    def build(self, number: int, row: Mapping[str, Any], place: str) -> Person:
+    def build(self, number: int, row: Mapping[str, Any], place: str,
+              numeric: frozenset[str]) -> tuple[Person, str, str]:
+        """The patient at time zero, and its CDISC race and ethnicity. ``numeric``: the
+        columns whose values are numbers (set as numeric attributes)."""
         p = self.protocol
         b = p.baseline
         seed = patient_seed(p.seed, number)
@@ -464,14 +467,11 @@ class _Builder:
                       "state": demo.state, "city": demo.city, "county": demo.county,
                       "marital_status": demo.marital_status,
                       "name": f"{demo.first_name} {demo.last_name}"})
-        person.cdisc = (race or _cdisc_race(demo.race),  # type: ignore[attr-defined]
-                        ethnicity or _cdisc_ethnicity(demo.ethnicity))
-        numeric = self._numeric_columns
         for col in self.attributes:
             v = row.get(col)
             if v is None or (isinstance(v, float) and math.isnan(v)):
                 continue
-            attrs[col] = float(v) if numeric.get(col) else _cell_text(v)
+            attrs[col] = float(v) if col in numeric else _cell_text(v)
         env = simpy.Environment(initial_time=t0)
         person.env = env
         person.wellness_visit = None
@@ -506,18 +506,8 @@ class _Builder:
             code = _code(p.index.diagnosis)
             if not person.active["conditions"].get(code.code):
                 self._activate(person, "conditions", Condition("index", t0, (code,), enc))
-        return person
-
-    @property
-    def _numeric_columns(self) -> dict[str, bool]:
-        cached = getattr(self, "_numeric", None)
-        if cached is None:
-            frame = getattr(self.source, "frame", None)
-            cached = {c: bool(frame is not None and c in frame.columns
-                              and pd.api.types.is_numeric_dtype(frame[c]))
-                      for c in self.attributes}
-            self._numeric = cached
-        return cached
+        return person, race or _cdisc_race(demo.race), \
+            ethnicity or _cdisc_ethnicity(demo.ethnicity)
 
     @staticmethod
     def _activate(person: Person, kind: str, entry: Any) -> None:
@@ -827,10 +817,12 @@ def run_cohort(protocol: Protocol, source: BaselineSource, programs: dict[str, P
                 if not len(batch):
                     break
             rnd += 1
+            numeric = frozenset(str(c) for c in batch.columns
+                                if pd.api.types.is_numeric_dtype(batch[c]))
             for place, row in zip(_places(batch), batch.to_dict("records"), strict=True):
                 number = consort.generated
                 consort.generated += 1
-                person = builder.build(number, row, place)
+                person, race, ethnicity = builder.build(number, row, place, numeric)
                 failed = builder.eligibility(person)
                 consort.not_eligible.update(failed)
                 if failed:
@@ -839,7 +831,6 @@ def run_cohort(protocol: Protocol, source: BaselineSource, programs: dict[str, P
                 end, reason, endpoints = course.run(person)
                 consort.enrolled += 1
                 consort.follow_up[reason] += 1
-                race, ethnicity = person.cdisc  # type: ignore[attr-defined]
                 subject = Subject(
                     number=number, seed=person.seed, patient_id=person.id,
                     index_time=_index_time(person),
