@@ -519,7 +519,14 @@ def _cmd_trial_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_trial_compare(args: argparse.Namespace) -> int:
+    import importlib.util
+
     import orjson
+
+    missing = [m for m in ("lifelines", "scipy") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(f"trial compare needs {' and '.join(missing)}; pip install "
+                          "'carecourse[trial]'")
 
     from exporters.trial_report import km_figure, render_report, smd_figure, write_atomic
     from learned.arms import compare_arms, read_real_arm, read_synthetic_arm
