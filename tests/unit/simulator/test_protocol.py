@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from modules.errors import ConfigError, ProtocolError
 from simulator.protocol import load_protocol, parse_protocol, sampling_constraints
@@ -174,3 +176,19 @@ def test_protocol_keys_documented_in_the_readme():
                 "condition_onset", "medication_start", "condition", "at", "if_dead",
                 "primary", "attribute"):
         assert key in shown, key
+
+
+@settings(max_examples=300, deadline=None)
+@given(op=st.sampled_from(["<", "<=", "==", ">=", ">"]),
+       q=st.integers(0, 100) | st.floats(0, 100, allow_nan=False),
+       x=st.floats(0, 130, allow_nan=False))
+def test_an_age_constraint_never_excludes_an_eligible_age(op, q, x):
+    """Ages compare in whole years (GMF Age): whenever floor(x) op q holds, x lies in the
+    column range the constraint gives, so drawing from it loses no eligible patient."""
+    from simulator.logic import _OPS
+    from simulator.protocol import _range
+
+    r = _range(op, float(q), whole=True)
+    assert r is not None
+    if _OPS[op](math.floor(x), q):
+        assert r[0] <= x <= r[1]
