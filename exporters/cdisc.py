@@ -120,13 +120,14 @@ def covariate_names(columns: Iterable[str], taken: Iterable[str] = LABELS) -> di
     >>> covariate_names(["age", "cd4", "prior zdv months", "prior zdv days", "SEX"])
     {'age': 'BL_AGE', 'cd4': 'CD4', 'prior zdv months': 'PRIOR_ZD', 'prior zdv days': 'PRIOR_Z1', 'SEX': 'BL_SEX'}
     """
-    used = set(taken)
+    standard = set(taken)
+    used = set(standard)
     out: dict[str, str] = {}
     for col in columns:
         base = re.sub(r"[^A-Z0-9_]", "_", str(col).upper()) or "X"
         if base[0].isdigit():
             base = f"_{base}"
-        if base[:8] in used:
+        if base[:8] in standard:  # a covariate named like a standard variable (age, sex)
             base = f"BL_{base}"
         name = base[:8]
         k = 1
