@@ -30,7 +30,8 @@ from modules.errors import ConfigError, DataError, Problem
 
 __all__ = ["Arm", "TableRow", "SurvivalSummary", "HazardRatio", "Comparison", "smd_continuous",
            "smd_categorical", "table_one", "km_summary", "km_max_gap", "cox_hazard_ratio",
-           "compare_arms", "categorical_columns", "read_real_arm", "read_synthetic_arm"]
+           "compare_arms", "categorical_columns", "read_real_arm", "read_synthetic_arm",
+           "fit_cox"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -267,11 +268,35 @@ def km_max_gap(a: SurvivalSummary, b: SurvivalSummary, horizon: float) -> float:
     return float(np.max(np.abs(_step(a, times) - _step(b, times))))
 
 
+def fit_cox(frame: pd.DataFrame, what: str) -> Any:
+    """A lifelines Cox model of ``time`` and ``event`` on the frame's other columns.
+    Raises ConfigError, naming ``what``, when the fit does not converge (an arm whose
+    events all come before or after the other's, for instance)."""
+    import warnings
+
+    from lifelines import CoxPHFitter
+    from lifelines.exceptions import ConvergenceError
+
+    fix = "the arms may be separated completely (all events in one) or have too few events"
+    try:
+        with warnings.catch_warnings():
+            # lifelines warns at length about near-separation; the check below decides
+            warnings.simplefilter("ignore")
+            cph = CoxPHFitter().fit(frame, duration_col="time", event_col="event")
+    except ConvergenceError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no convergence"
+        raise ConfigError(f"the Cox model of {what} does not converge ({first}); {fix}") \
+            from None
+    # A log hazard ratio beyond +-15 (a ratio over 3 million) is a fit that ran off to
+    # infinity, not an estimate.
+    if not np.all(np.isfinite(cph.params_)) or np.any(np.abs(cph.params_) > 15):
+        raise ConfigError(f"the Cox model of {what} has no finite estimate; {fix}")
+    return cph
+
+
 def cox_hazard_ratio(arm: Arm, reference: Arm) -> HazardRatio:
     """The hazard ratio of ``arm`` against ``reference`` from a Cox model with one arm
     indicator (Efron ties, lifelines), with its Wald 95% CI and p-value."""
-    from lifelines import CoxPHFitter
-
     frame = pd.DataFrame({
         "time": np.concatenate([arm.time, reference.time]),
         "event": np.concatenate([arm.event, reference.event]),
@@ -280,8 +305,7 @@ def cox_hazard_ratio(arm: Arm, reference: Arm) -> HazardRatio:
     if frame["event"].sum() == 0:
         raise ConfigError(f"no events in {arm.name} or {reference.name}: a hazard ratio "
                           "needs at least one")
-    cph = CoxPHFitter()
-    cph.fit(frame, duration_col="time", event_col="event")
+    cph = fit_cox(frame, f"{arm.name} against {reference.name}")
     b = float(cph.params_["arm"])
     se = float(cph.standard_errors_["arm"])
     p = math.erfc(abs(b / se) / math.sqrt(2.0))  # two-sided Wald test, as lifelines'

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from learned.arms import Arm, HazardRatio, cox_hazard_ratio
+from learned.arms import Arm, HazardRatio, cox_hazard_ratio, fit_cox
 from modules.errors import ConfigError
 
 __all__ = ["BorrowingResult", "commensurate_borrowing", "hybrid_weights"]
@@ -78,16 +78,13 @@ class BorrowingResult:
 
 
 def _fit3(treatment: Arm, real: Arm, synthetic: Arm) -> tuple[np.ndarray, np.ndarray]:
-    from lifelines import CoxPHFitter
-
     frame = pd.DataFrame({
         "time": np.concatenate([treatment.time, real.time, synthetic.time]),
         "event": np.concatenate([treatment.event, real.event, synthetic.event]),
         "trt": np.concatenate([np.ones(treatment.n), np.zeros(real.n + synthetic.n)]),
         "synth": np.concatenate([np.zeros(treatment.n + real.n), np.ones(synthetic.n)]),
     })
-    cph = CoxPHFitter()
-    cph.fit(frame, duration_col="time", event_col="event")
+    cph = fit_cox(frame, "treatment, real control and synthetic arms")
     params = cph.params_[["trt", "synth"]].to_numpy(dtype=float)
     cov = cph.variance_matrix_.loc[["trt", "synth"], ["trt", "synth"]].to_numpy(dtype=float)
     return params, cov

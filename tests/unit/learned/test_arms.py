@@ -20,7 +20,7 @@ from learned.arms import (
     smd_categorical,
     smd_continuous,
 )
-from modules.errors import DataError
+from modules.errors import ConfigError, DataError
 
 
 def exp_arm(name: str, n: int, mean: float, seed: int, horizon: float = 365.0) -> Arm:
@@ -123,3 +123,10 @@ def test_reading_a_real_arm_reports_every_problem(tmp_path):
     path.write_text("time,event,age\n2,1,40\n1,0,50\n")
     arm = read_real_arm(path, "real", time_unit="weeks")
     assert list(arm.time) == [14.0, 7.0] and list(arm.covariates.columns) == ["age"]
+
+
+def test_a_separated_cox_model_is_a_clear_error():
+    events = Arm("a", np.array([1.0, 2.0, 3.0]), np.ones(3))
+    none = Arm("b", np.array([10.0, 20.0, 30.0]), np.zeros(3))
+    with pytest.raises(ConfigError, match="a against b has no finite estimate"):
+        cox_hazard_ratio(events, none)
