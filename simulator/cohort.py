@@ -520,23 +520,30 @@ class _Builder:
         probe = _Probe(person, "eligibility")
         t = person.env.now
         failed = []
-        for name, cond in self.inclusion:
-            ok = _holds(cond, probe, t)
+        for i, (name, cond) in enumerate(self.inclusion):
+            ok = _holds(cond, probe, t, f"eligibility.inclusion[{i}]", self.protocol)
             if ok is not True:
                 failed.append(name if ok is False else f"{name} (not measured)")
-        for name, cond in self.exclusion:
-            hit = _holds(cond, probe, t)
+        for i, (name, cond) in enumerate(self.exclusion):
+            hit = _holds(cond, probe, t, f"eligibility.exclusion[{i}]", self.protocol)
             if hit is not False:
                 failed.append(f"excluded: {name}" if hit else
                               f"excluded: {name} (not measured)")
         return failed
 
 
-def _holds(cond: Cond, probe: _Probe, t: float) -> bool | None:
-    """Whether a condition holds; None when it reads something the patient lacks."""
+def _holds(cond: Cond, probe: _Probe, t: float, where: str = "",
+           protocol: Protocol | None = None) -> bool | None:
+    """Whether a condition holds; None when it reads something the patient lacks. A
+    comparison of a number with a text (``value: 80`` against a categorical column,
+    whose values are text) is the protocol's mistake: ConfigError."""
     try:
         return bool(cond.test(probe, t))
-    except SimulationError:
+    except SimulationError as exc:
+        if "cannot compare" in str(exc):
+            f = f"{protocol.path}: {where}: " if protocol is not None else ""
+            raise ConfigError(f"{f}{str(exc).split(': ', 1)[-1]}; categorical baseline "
+                              "columns hold text, so quote the value (value: \"80\")") from None
         return None
 
 

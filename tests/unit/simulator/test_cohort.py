@@ -18,7 +18,7 @@ from modules.loader import load_library
 from simulator.cohort import TableSource, cohort_programs, read_baseline_table, run_cohort
 from simulator.engine import compile_library
 from simulator.person import day_of
-from simulator.protocol import Eligibility, Protocol, load_protocol
+from simulator.protocol import Criterion, Eligibility, Protocol, load_protocol
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "trial"
 MEAN = 300.0  # the module's exponential mean (days)
@@ -218,3 +218,18 @@ def test_bad_baseline_rows_and_columns(base_protocol, programs, table):
     assert "baseline.observations[0].column: column 'cd4'" in text
     with pytest.raises(DataError, match="baseline.source.where.arm"):
         TableSource.filtered(table, "t.csv", {"arm": frozenset({"0"})}, protocol=p)
+
+
+def test_a_number_compared_with_a_categorical_column_is_a_protocol_error(
+        base_protocol, programs, table):
+    text = table.assign(karnof=table["karnof"].astype(str))  # a categorical column
+    crit = Criterion("fit", {"condition_type": "Attribute", "attribute": "karnof",
+                             "operator": ">=", "value": 80})
+    p = with_(base_protocol, arm_size=5, eligibility=Eligibility(inclusion=(crit,)))
+    with pytest.raises(ConfigError, match=r"eligibility.inclusion\[0\]: Attribute condition "
+                                          r"on 'karnof': cannot compare .*quote the value"):
+        run_cohort(p, source(p, text), programs, progress=False)
+    quoted = Criterion("fit", {**crit.condition, "operator": "==", "value": "80"})
+    p = with_(p, eligibility=Eligibility(inclusion=(quoted,)))
+    result = run_cohort(p, source(p, text), programs, progress=False)
+    assert {s.covariates["karnof"] for s in result.subjects} == {"80"}
