@@ -142,10 +142,15 @@ def _fmt(x: Any, digits: int = 2) -> str:
     return str(x)
 
 
+def _pval(p: float) -> str:
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
 def render_report(context: dict[str, Any], images: dict[str, Path], path: Path) -> None:
     """Render the compare report into ``path`` with the PNG ``images`` embedded."""
     env = _environment()
     env.filters["fmt"] = _fmt
+    env.filters["pval"] = _pval
     embedded = {k: "data:image/png;base64," + base64.b64encode(p.read_bytes()).decode()
                 for k, p in images.items()}
     html = env.get_template("report.html.j2").render(images=embedded, **context)

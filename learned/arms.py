@@ -247,8 +247,12 @@ def km_summary(arm: Arm) -> SurvivalSummary:
         kmf = _kmf(arm)
     ci = kmf.confidence_interval_survival_function_
     med_ci = median_survival_times(ci)
+    # A weighted arm (the hybrid control) counts its patients and events by weight.
+    n, events = (arm.n, arm.events) if arm.weights is None else (
+        int(round(float(np.sum(arm.weights)))),
+        int(round(float(np.sum(arm.weights * arm.event)))))
     return SurvivalSummary(
-        arm=arm.name, n=arm.n, events=arm.events, median=float(kmf.median_survival_time_),
+        arm=arm.name, n=n, events=events, median=float(kmf.median_survival_time_),
         median_low=float(med_ci.iloc[0, 0]), median_high=float(med_ci.iloc[0, 1]),
         timeline=kmf.survival_function_.index.to_numpy(dtype=float),
         survival=kmf.survival_function_.iloc[:, 0].to_numpy(dtype=float),
