@@ -583,13 +583,14 @@ def _background_death(person: Person, t0: float, u: float) -> float:
             return t
 
 
-def _monitor(person: Person, cond: Cond, found: list[float]) -> Generator[Any, Any, None]:
+def _monitor(person: Person, cond: Cond, found: list[float], where: str,
+             protocol: Protocol) -> Generator[Any, Any, None]:
     """Wait, as a Guard does, until ``cond`` holds; note the time."""
     env = person.env
     probe = _Probe(person, "endpoint")
     while True:
         t = env.now
-        if _holds(cond, probe, t):
+        if _holds(cond, probe, t, where, protocol):
             found.append(t)
             return
         wake = env.event()
@@ -610,12 +611,14 @@ class _Course:
         self.protocol = protocol
         self.programs = programs
         self.history_modules = protocol.event_modules()
-        self.monitors = [(e.paramcd, j, compile_condition(dict(ev.condition)))
-                         for e in protocol.endpoints for j, ev in enumerate(e.events)
+        self.monitors = [(e.paramcd, j, compile_condition(dict(ev.condition)),
+                          f"endpoints[{i}].events[{j}].condition")
+                         for i, e in enumerate(protocol.endpoints)
+                         for j, ev in enumerate(e.events)
                          if ev.kind == "condition" and ev.condition is not None]
         self.snapshots = [(e, compile_condition(dict(e.condition))
-                           if e.condition is not None else None)
-                          for e in protocol.endpoints
+                           if e.condition is not None else None, f"endpoints[{i}].condition")
+                          for i, e in enumerate(protocol.endpoints)
                           if e.kind == "observation" or (e.kind == "binary" and
                                                          e.condition is not None)]
 
@@ -637,11 +640,12 @@ class _Course:
         hooks = _Hooks(person, stop)
         values: dict[str, Any] = {}
         probe = _Probe(person, "endpoint")
-        for e, cond in self.snapshots:
+        for e, cond, where in self.snapshots:
             assert e.at_days is not None
 
-            def snap(_ev: Any, e: Endpoint = e, cond: Cond | None = cond) -> None:
-                values[e.paramcd] = _snapshot(e, cond, person, probe, env.now)
+            def snap(_ev: Any, e: Endpoint = e, cond: Cond | None = cond,
+                     where: str = where) -> None:
+                values[e.paramcd] = _snapshot(e, cond, person, probe, env.now, where, p)
             env.timeout(e.at_days).callbacks.append(snap)
         if fu.background_mortality:
             hooks.die(person, _background_death(person, t0, float(u[1])), _NATURAL_DEATH)
@@ -657,9 +661,9 @@ class _Course:
             runs.append(run)
             env.process(run_module(run))
         found: dict[tuple[str, int], list[float]] = {}
-        for paramcd, j, cond in self.monitors:
+        for paramcd, j, cond, where in self.monitors:
             found[(paramcd, j)] = []
-            env.process(_monitor(person, cond, found[(paramcd, j)]))
+            env.process(_monitor(person, cond, found[(paramcd, j)], where, p))
         env.timeout(end - t0).callbacks.append(
             lambda _e: None if stop.triggered else stop.succeed())
         env.run(until=stop)
@@ -744,10 +748,10 @@ def _if_dead(e: Endpoint, reason: str) -> EndpointValue:
                          e.at_days)
 
 
-def _snapshot(e: Endpoint, cond: Cond | None, person: Person, probe: _Probe, t: float
-              ) -> float | None:
+def _snapshot(e: Endpoint, cond: Cond | None, person: Person, probe: _Probe, t: float,
+              where: str, protocol: Protocol) -> float | None:
     if cond is not None:
-        ok = _holds(cond, probe, t)
+        ok = _holds(cond, probe, t, where, protocol)
         return None if ok is None else float(ok)
     if e.code is not None:
         o = person.latest_observation.get(e.code.code)
