@@ -30,7 +30,8 @@ from modules.errors import ConfigError, OutputError
 from simulator.person import Person
 from simulator.record import Code, Entry, Observation
 
-__all__ = ["FhirSink", "NdjsonSink", "SYSTEMS", "patient_resources", "provider_resources"]
+__all__ = ["FhirSink", "NdjsonSink", "SYSTEMS", "PROVIDER_FILES", "SHARED_FILES", "STUDY_FILE",
+           "patient_resources", "provider_resources", "transaction_bundle"]
 
 #: GMF code system names -> FHIR system URIs.
 SYSTEMS = {
@@ -713,6 +714,11 @@ def _all_providers(bulk: bool = False) -> dict[str, list[dict[str, Any]]]:
 
 
 PROVIDER_FILES = ("hospitalInformation.json", "practitionerInformation.json")
+#: A trial arm's ResearchStudy bundle (``carecourse trial build``), which its subjects'
+#: ResearchSubject resources refer to conditionally.
+STUDY_FILE = "researchStudy.json"
+#: Bundles that patient bundles refer to conditionally: uploaded first, in this order.
+SHARED_FILES = (*PROVIDER_FILES, STUDY_FILE)
 
 
 def provider_bundle_files() -> list[tuple[str, bytes]]:

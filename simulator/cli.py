@@ -238,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="report folder: report.html, metrics.json, figures/")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=_cmd_evaluate)
+    _trial_parser(sub)
     return p
 
 
@@ -255,6 +256,51 @@ def _table_arguments(p: argparse.ArgumentParser) -> None:
                    help="a numeric baseline column that is categorical (repeatable)")
     p.add_argument("--initial-state", metavar="STATE",
                    help="the state every patient of an event table starts in")
+
+
+def _trial_parser(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser("trial", help="synthetic and hybrid control arms for clinical trials")
+    tsub = t.add_subparsers(dest="trial_command", required=True)
+    tb = tsub.add_parser("build", help="build a synthetic control arm from a protocol file")
+    tb.add_argument("protocol", type=Path, help="the trial protocol (YAML)")
+    tb.add_argument("--out", type=Path, required=True,
+                    help="output folder (new or empty): CDISC datasets, FHIR, build record")
+    tb.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tb.set_defaults(func=_cmd_trial_build)
+    tc = tsub.add_parser("compare", help="compare a synthetic arm with real arm data; "
+                                         "optionally build a hybrid control arm")
+    tc.add_argument("--synthetic", type=Path, required=True, metavar="DIR",
+                    help="the --out folder of 'carecourse trial build'")
+    tc.add_argument("--real", type=Path, required=True, metavar="CSV",
+                    help="the real control arm: one row per subject, time, event, covariates")
+    tc.add_argument("--treatment", type=Path, metavar="CSV",
+                    help="a real treatment arm (same columns)")
+    tc.add_argument("--hybrid", action="store_true",
+                    help="also analyse real control + synthetic patients with a commensurate "
+                         "prior (needs --treatment)")
+    tc.add_argument("--endpoint", metavar="PARAMCD",
+                    help="the time-to-event endpoint (default: the protocol's primary)")
+    tc.add_argument("--time", default="time", metavar="COLUMN",
+                    help="column of the time to event or censoring (default: time)")
+    tc.add_argument("--event", default="event", metavar="COLUMN",
+                    help="column that is 1 for an event, 0 for censoring (default: event)")
+    tc.add_argument("--time-unit", choices=("days", "weeks", "months", "years"),
+                    default="days", help="unit of --time (default: days)")
+    tc.add_argument("--covariates", metavar="A,B,...",
+                    help="Table 1 covariates (default: the columns both control arms have)")
+    tc.add_argument("--categorical", action="append", default=[], metavar="COLUMN",
+                    help="a numeric covariate to treat as categorical (repeatable)")
+    tc.add_argument("--horizon", type=float, metavar="DAYS",
+                    help="horizon of the largest Kaplan-Meier gap (default: the shorter "
+                         "follow-up)")
+    tc.add_argument("--spike", type=float, default=0.5,
+                    help="hybrid: prior probability that the arms are commensurate (0.5)")
+    tc.add_argument("--slab-scale", type=float, default=1.0,
+                    help="hybrid: scale of the half-normal prior of the discrepancy "
+                         "otherwise, on the log-hazard scale (1.0)")
+    tc.add_argument("--out", type=Path, metavar="DIR",
+                    help="report folder (default: DIR/compare of the synthetic arm)")
+    tc.set_defaults(func=_cmd_trial_compare)
 
 
 def _server_options(p: argparse.ArgumentParser, upload_flag: str) -> None:
@@ -585,6 +631,129 @@ def _print_evaluation(m, out: Path) -> None:
             print(f"    {line}")
     print(f"  report: {(out / 'report.html').resolve()}")
     print(f"  metrics: {(out / 'metrics.json').resolve()}")
+def _cmd_trial_build(args: argparse.Namespace) -> int:
+    from exporters.trial import build_arm
+    from modules.loader import load_library
+    from simulator.cohort import TableSource, cohort_programs, read_baseline_table
+    from simulator.engine import compile_library
+    from simulator.protocol import load_protocol
+
+    protocol = load_protocol(args.protocol)
+    b = protocol.baseline
+    if b.source == "dataset":
+        from learned.datasets import load_dataset
+
+        assert b.dataset is not None
+        frame = load_dataset(b.dataset).baseline.reset_index(drop=True)
+        name = f"data set {b.dataset}"
+    else:
+        assert b.path is not None
+        frame = read_baseline_table(b.path)
+        name = str(b.path)
+    source = TableSource.filtered(frame, name, b.where, replace=b.replace,
+                                  protocol=protocol)
+    library = load_library(protocol.modules_dir)
+    programs = cohort_programs(protocol, library, compile_library(library))
+    summary = build_arm(protocol, source, programs, args.out, progress=not args.no_progress)
+    print(f"Built {protocol.arm.name!r} of {protocol.name} ({protocol.study_id}): "
+          f"{summary.result.consort.enrolled} patients")
+    for line in summary.result.consort.lines():
+        print(f"  {line}")
+    print(f"  output: {args.out.resolve()} ({', '.join(summary.files)})")
+    return 0
+
+
+def _cmd_trial_compare(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    import orjson
+
+    missing = [m for m in ("lifelines", "scipy") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(f"trial compare needs {' and '.join(missing)}; pip install "
+                          "'carecourse[trial]'")
+
+    from exporters.trial_report import km_figure, render_report, smd_figure, write_atomic
+    from learned.arms import compare_arms, read_real_arm, read_synthetic_arm
+    from learned.borrowing import commensurate_borrowing, hybrid_weights
+
+    if args.hybrid and args.treatment is None:
+        raise ConfigError("--hybrid needs --treatment CSV: the hybrid analysis estimates the "
+                          "treatment effect against real control + synthetic patients")
+    synthetic, record, paramcd = read_synthetic_arm(args.synthetic, args.endpoint)
+    cols = dict(time=args.time, event=args.event, time_unit=args.time_unit)
+    real = read_real_arm(args.real, "real control", **cols)
+    treatment = read_real_arm(args.treatment, "real treatment", **cols) \
+        if args.treatment is not None else None
+    covariates = [c.strip() for c in args.covariates.split(",")] if args.covariates else None
+    hybrid = None
+    extra = {}
+    if args.hybrid:
+        assert treatment is not None
+        hybrid = commensurate_borrowing(treatment, real, synthetic, spike=args.spike,
+                                        slab_scale=args.slab_scale)
+        extra["hybrid"] = hybrid_weights(real, synthetic, hybrid)
+    comparison = compare_arms(synthetic, real, treatment, covariates=covariates,
+                              categorical=args.categorical, horizon=args.horizon,
+                              extra_curves=extra)
+    out = args.out or args.synthetic / "compare"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot create the folder ({exc.strerror})") from None
+    endpoint = next(e for e in record["endpoints"] if e["paramcd"] == paramcd)
+    km_figure(comparison.survival, out / "km.png", title=f"{endpoint['name']} ({paramcd})",
+              horizon=comparison.horizon)
+    smd_figure(comparison.table, out / "smd.png")
+    images = {"km": out / "km.png", "smd": out / "smd.png"}
+    if (args.synthetic / "consort.png").is_file():
+        images["consort"] = args.synthetic / "consort.png"
+    h = comparison.synthetic_vs_real
+    figures = {"endpoint": paramcd, "synthetic_n": synthetic.n, "real_n": real.n,
+               "max_abs_smd": comparison.max_abs_smd, "hr_synth_vs_real": h.hr,
+               "hr_synth_vs_real_low": h.low, "hr_synth_vs_real_high": h.high,
+               "ci_contains_1": h.ci_contains_1, "logrank_p": comparison.logrank_p,
+               "km_max_gap": comparison.km_max_gap, "horizon_days": comparison.horizon}
+    for s in comparison.survival:
+        figures[f"median_{s.arm.replace(' ', '_')}"] = s.median
+    for key, hr in (("trt_vs_real", comparison.treatment_vs_real),
+                    ("trt_vs_synth", comparison.treatment_vs_synthetic)):
+        if hr is not None:
+            figures.update({f"hr_{key}": hr.hr, f"hr_{key}_low": hr.low,
+                            f"hr_{key}_high": hr.high})
+    if hybrid is not None:
+        figures.update({"hr_hybrid": hybrid.hr, "hr_hybrid_low": hybrid.low,
+                        "hr_hybrid_high": hybrid.high,
+                        "effective_borrowed": hybrid.effective_borrowed,
+                        "borrowed_share": hybrid.borrowed_share,
+                        "p_commensurate": hybrid.p_commensurate})
+    context = {"title": f"{record['name']}: synthetic control arm against real data",
+               "build": record, "consort": record["consort"], "endpoint": endpoint,
+               "comparison": comparison, "hybrid": hybrid,
+               "learned": record.get("learned") or {"models": [], "privacy": None},
+               "real_file": str(args.real),
+               "treatment_file": str(args.treatment) if args.treatment else ""}
+    render_report(context, images, out / "report.html")
+    write_atomic(out / "compare.json", orjson.dumps(figures, option=orjson.OPT_INDENT_2
+                                                    | orjson.OPT_SERIALIZE_NUMPY))
+    print(f"{record['name']}: {paramcd}, synthetic n={synthetic.n} vs real n={real.n}")
+    smd = comparison.max_abs_smd
+    print(f"  largest |SMD|: {smd:.3f}" + (" (above 0.1)" if smd > 0.1 else "")
+          if smd is not None else "  no common covariates for Table 1")
+    print(f"  HR synthetic vs real control: {h.hr:.3f} (95% CI {h.low:.3f}-{h.high:.3f})")
+    print(f"  largest Kaplan-Meier gap to day {comparison.horizon:g}: "
+          f"{comparison.km_max_gap:.3f}")
+    if comparison.treatment_vs_real is not None:
+        for label, hr in (("real control", comparison.treatment_vs_real),
+                          ("synthetic control", comparison.treatment_vs_synthetic)):
+            assert hr is not None
+            print(f"  HR treatment vs {label}: {hr.hr:.3f} (95% CI {hr.low:.3f}-{hr.high:.3f})")
+    if hybrid is not None:
+        print(f"  HR treatment vs hybrid control: {hybrid.hr:.3f} (95% CrI {hybrid.low:.3f}-"
+              f"{hybrid.high:.3f}); {hybrid.effective_borrowed:.1f} of {hybrid.synthetic_n} "
+              "synthetic patients borrowed")
+    print(f"  report: {(out / 'report.html').resolve()}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
