@@ -12,7 +12,10 @@
 // of StructureDefinition JSON files (such as the "package" folder of the US Core 5.0.1
 // FHIR package, hl7.fhir.us.core-5.0.1.tgz), a Bundle or an array of them, or one.
 //
-// Two checks go beyond validateResource, with the same validator:
+// Three checks go beyond validateResource, with the same validator's definitions:
+//   * the constraints a profile puts on one type of a choice element (ids such as
+//     Observation.value[x]:valueQuantity.code, where vital-sign profiles fix their UCUM
+//     units): cardinality, fixed and pattern values; Medplum skips these elements;
 //   * every extension whose url names a loaded extension definition is validated against
 //     it (validateResource checks an extension slice's url and count, not its content,
 //     e.g. the "text" sub-extension that us-core-race requires);
@@ -185,22 +188,28 @@ function concretePath(id) {
   return parts.join('.');
 }
 
-/** Bound elements of a profile: path (Type.a.b, choice types as a[x]) -> value set url. */
-const bindingCache = new Map();
+/** fn(sd), computed once per profile and kind of rule. */
+const ruleCache = new Map();
 
+function perProfile(kind, sd, fn) {
+  const key = `${kind} ${sd.url}`;
+  if (!ruleCache.has(key)) ruleCache.set(key, fn(sd));
+  return ruleCache.get(key);
+}
+
+/** Bound elements of a profile: {path (Type.a.b, choice types as a[x]), value set url}. */
 function requiredBindings(sd) {
-  let out = bindingCache.get(sd.url);
-  if (out) return out;
-  out = [];
-  for (const el of sd.snapshot.element) {
-    const path = concretePath(el.id);
-    const b = el.binding;
-    if (path && b?.strength === 'required' && b.valueSet && expand(b.valueSet)) {
-      out.push({ path, valueSet: b.valueSet });
+  return perProfile('bindings', sd, () => {
+    const out = [];
+    for (const el of sd.snapshot.element) {
+      const path = concretePath(el.id);
+      const b = el.binding;
+      if (path && b?.strength === 'required' && b.valueSet && expand(b.valueSet)) {
+        out.push({ path, valueSet: b.valueSet });
+      }
     }
-  }
-  bindingCache.set(sd.url, out);
-  return out;
+    return out;
+  });
 }
 
 /** Values (with their FHIR paths) at a snapshot path such as Observation.value[x]. */
@@ -224,6 +233,56 @@ function valuesAt(resource, path, root) {
     nodes = next;
   }
   return nodes;
+}
+
+/** Rules of a profile's type-choice elements: path, min, and any fixed or pattern value. */
+function typeChoiceRules(sd) {
+  return perProfile('type-choices', sd, () => {
+    const out = [];
+    for (const el of sd.snapshot.element) {
+      const path = el.id.includes(':') ? concretePath(el.id) : null;
+      const key = Object.keys(el).find((k) => k.startsWith('fixed') || k.startsWith('pattern'));
+      if (path && (el.min > 0 || key)) {
+        out.push({ path, min: el.min, fixed: key?.startsWith('fixed') ? el[key] : undefined,
+          pattern: key?.startsWith('pattern') ? el[key] : undefined });
+      }
+    }
+    return out;
+  });
+}
+
+function includes(value, pattern) {
+  if (Array.isArray(pattern)) {
+    return Array.isArray(value) && pattern.every((p) => value.some((v) => includes(v, p)));
+  }
+  if (pattern !== null && typeof pattern === 'object') {
+    return value !== null && typeof value === 'object' &&
+      Object.entries(pattern).every(([k, p]) => includes(value[k], p));
+  }
+  return value === pattern;
+}
+
+function typeChoiceIssues(resource, sd) {
+  const issues = [];
+  for (const { path, min, fixed, pattern } of typeChoiceRules(sd)) {
+    const parent = path.slice(0, path.lastIndexOf('.'));
+    const key = path.slice(path.lastIndexOf('.') + 1);
+    // A rule on valueQuantity.code binds only where the value is a Quantity: it is
+    // checked under each valueQuantity there is.
+    for (const { value, path: at } of valuesAt(resource, parent, resource.resourceType)) {
+      const v = value?.[key];
+      if (v === undefined) {
+        if (min > 0) issues.push({ severity: 'error', path: `${at}.${key}`, message: 'Missing required property' });
+      } else if (fixed !== undefined && JSON.stringify(v) !== JSON.stringify(fixed)) {
+        issues.push({ severity: 'error', path: `${at}.${key}`,
+          message: `${JSON.stringify(v)} is not the fixed value ${JSON.stringify(fixed)}` });
+      } else if (pattern !== undefined && !includes(v, pattern)) {
+        issues.push({ severity: 'error', path: `${at}.${key}`,
+          message: `${JSON.stringify(v)} does not match the pattern ${JSON.stringify(pattern)}` });
+      }
+    }
+  }
+  return issues;
 }
 
 function bindingIssues(resource, sd, root = resource.resourceType) {
@@ -371,6 +430,7 @@ function checkResource(resource, unknownIsError) {
     }
     problems.push(...issues.map(asProblem).map((p) => ({ profile: url, ...p })));
     problems.push(...bindingIssues(resource, sd).map((p) => ({ profile: url, ...p })));
+    problems.push(...typeChoiceIssues(resource, sd).map((p) => ({ profile: url, ...p })));
   }
   for (const [ext, path] of extensionsOf(resource, rtype)) {
     const sd = profiles.get(ext?.url);
