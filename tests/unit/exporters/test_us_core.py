@@ -5,10 +5,10 @@ tests/node/validate-us-core.mjs runs Medplum's StructureDefinition validator
 installs it) over every resource of the 200-patient export, against each profile the
 resource declares in ``meta.profile``. Medplum's definitions ship US Core 5.0.1's Patient
 (with its race, ethnicity and birth-sex extensions), implantable Device, blood pressure and
-MedicationRequest profiles, and FHIR R4's vital-sign profiles. With the whole US Core 5.0.1
-package (``hl7.fhir.us.core-5.0.1.tgz``, CC0) in ``$CARECOURSE_US_CORE_PACKAGE`` or
-``../shared/fhir/``, every declared profile is checked, and one the validator does not know
-is an error.
+MedicationRequest profiles, and FHIR R4's vital-sign profiles; the whole published US Core
+5.0.1 package (``tests/data/hl7.fhir.us.core-5.0.1.tgz``, CC0; another copy can be named in
+``$CARECOURSE_US_CORE_PACKAGE``) adds the rest, so every declared profile is checked, and one
+the validator does not know is an error.
 """
 
 from __future__ import annotations
@@ -48,8 +48,9 @@ def harness() -> list[str]:
 def us_core_package(tmp: Path) -> Path | None:
     """A folder of US Core 5.0.1's conformance resources, if the package is at hand."""
     given = os.environ.get("CARECOURSE_US_CORE_PACKAGE")
-    candidates = [Path(given)] if given else [ROOT.parent / "shared" / "fhir" / n
-                                               for n in PACKAGE_NAMES]
+    # The published package ships with the tests (tests/data, CC0); another copy can be
+    # named in $CARECOURSE_US_CORE_PACKAGE.
+    candidates = [Path(given)] if given else [ROOT / "tests" / "data" / PACKAGE_NAMES[0]]
     for path in candidates:
         if path.is_dir():
             return path / "package" if (path / "package").is_dir() else path
@@ -105,7 +106,7 @@ def test_every_resource_meets_the_profiles_it_declares(exported, tmp_path):
         assert SHIPPED & set(summary["checked"]) >= SHIPPED - {US_CORE + "us-core-implantable-device"}
         assert all(u.startswith(US_CORE) and u not in SHIPPED for u in summary["unknown"])
         warnings.warn(f"US Core 5.0.1 package not found ({', '.join(PACKAGE_NAMES)} in "
-                      f"../shared/fhir or $CARECOURSE_US_CORE_PACKAGE): "
+                      f"tests/data or $CARECOURSE_US_CORE_PACKAGE): "
                       f"{len(summary['unknown'])} declared profiles not checked: "
                       f"{', '.join(sorted(u.rsplit('/', 1)[-1] for u in summary['unknown']))}",
                       stacklevel=1)
