@@ -156,11 +156,11 @@ def rate_diff(codes: np.ndarray) -> float:
 Synth = Callable[[pd.DataFrame, np.ndarray, float, int], np.ndarray]
 
 
-def synth_carecourse(train: pd.DataFrame, codes: np.ndarray, eps: float, seed: int
-                     ) -> np.ndarray:
-    gen = MixtureGenerator(SCHEMA, CARECOURSE).fit(train, epsilon=eps, delta=DELTA, seed=seed)
-    synth_carecourse.last_epsilon = gen.report.epsilon  # type: ignore[attr-defined]
-    return SCHEMA.encode(gen.sample(len(train), seed=seed))
+def _carecourse(config: MixtureConfig) -> Synth:
+    def run(train: pd.DataFrame, codes: np.ndarray, eps: float, seed: int) -> np.ndarray:
+        gen = MixtureGenerator(SCHEMA, config).fit(train, epsilon=eps, delta=DELTA, seed=seed)
+        return SCHEMA.encode(gen.sample(len(train), seed=seed))
+    return run
 
 
 def _dpmm_compat() -> None:
@@ -207,8 +207,13 @@ def synth_bootstrap(train: pd.DataFrame, codes: np.ndarray, eps: float, seed: in
     return codes[rng.integers(0, len(codes), len(codes))]
 
 
-METHODS: dict[str, Synth] = {"carecourse": synth_carecourse, "mst": _dpmm("mst"),
-                             "aim": _dpmm("aim")}
+METHODS: dict[str, Synth] = {
+    "carecourse": _carecourse(CARECOURSE), "mst": _dpmm("mst"), "aim": _dpmm("aim"),
+    # Ablations (--methods mixture_only,independent): the same generator without the
+    # outcome heads, and with one class (independent columns).
+    "mixture_only": _carecourse(MixtureConfig()),
+    "independent": _carecourse(MixtureConfig(components=1)),
+}
 
 
 def evaluate(synth: np.ndarray, train: np.ndarray, test: np.ndarray) -> dict[str, float]:
@@ -255,36 +260,77 @@ def fit_one(seed: int, method: str, eps: float) -> tuple[str, dict[str, float] |
     return key, evaluate(synth, train, test), time.process_time() - t0
 
 
+def _cache_key(job: tuple[int, str, float]) -> str:
+    """What a fit's result depends on: seed, method, epsilon and, for carecourse, its
+    settings (a changed config is fitted anew)."""
+    seed, method, eps = job
+    config = json.dumps({**CARECOURSE.__dict__, "outcomes": list(CARECOURSE.outcomes)}) \
+        if method == "carecourse" else ""
+    return f"{seed}|{method}|{eps:g}|{config}"
+
+
+def _read_cache(path: Path) -> dict[str, dict]:
+    if not path.is_file():
+        return {}
+    out = {}
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+            out[entry["job"]] = entry
+        except (ValueError, KeyError):
+            continue  # a line cut by an interrupted write
+    return out
+
+
 def run(seeds: int, epsilons: list[float], methods: list[str], *, jobs: int = 1,
-        progress: bool = True,
+        progress: bool = True, cache: Path | None = None,
         checkpoint: Callable[[dict[str, float | int | str]], None] | None = None
         ) -> dict[str, float | int | str]:
     """Every method on every seed's split at every epsilon, ``jobs`` fits at a time (each
     in its own process); the figures averaged over the seeds (``checkpoint`` gets those
     of the fits done so far after each fit). A fit that fails is recorded as
-    ``error_<method>_eps<E>`` and the run goes on."""
+    ``error_<method>_eps<E>`` and the run goes on. With ``cache``, each fit's figures are
+    appended to that file and fits already there are not run again (the fits are
+    deterministic given seed, method, epsilon and settings)."""
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     from tqdm import tqdm
 
+    # The cheap fits first, then epsilon by epsilon and method by method over the seeds,
+    # so that a run cut short has every method at the first epsilon on several seeds.
     todo = [(s, m, 0.0) for s in range(seeds) for m in ("real", "bootstrap")]
-    todo += [(s, m, e) for s in range(seeds) for e in epsilons for m in methods]
+    todo += [(s, m, e) for e in epsilons for m in methods for s in range(seeds)]
     scores: dict[str, list[dict[str, float]]] = {}
     seconds: dict[str, list[float]] = {}
     errors: dict[str, str] = {}
     table, _ = _data()
     cut = len(split(0)[0])
+    done = _read_cache(cache) if cache is not None else {}
+
+    def record(job: tuple[int, str, float], key: str, result: dict[str, float] | str,
+               cpu: float) -> None:
+        if isinstance(result, str):
+            errors[key] = result
+            return
+        scores.setdefault(key, []).append(result)
+        seconds.setdefault(key, []).append(cpu)
+        if cache is not None and _cache_key(job) not in done:
+            with cache.open("a") as f:  # one line per fit: a cut run resumes from here
+                f.write(json.dumps({"job": _cache_key(job), "key": key, "result": result,
+                                    "cpu": cpu}) + "\n")
+
+    for job in [j for j in todo if _cache_key(j) in done]:
+        entry = done[_cache_key(job)]
+        record(job, entry["key"], entry["result"], entry["cpu"])
+    todo = [j for j in todo if _cache_key(j) not in done]
     bar = tqdm(total=len(todo), desc="fidelity", unit="fit", disable=not progress)
     ctx = mp.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-        futures = [pool.submit(fit_one, *job) for job in todo]
+        futures = {pool.submit(fit_one, *job): job for job in todo}
         for fut in as_completed(futures):
             key, result, cpu = fut.result()
-            if isinstance(result, str):
-                errors[key] = result
-            else:
-                scores.setdefault(key, []).append(result)
-                seconds.setdefault(key, []).append(cpu)
+            record(futures[fut], key, result, cpu)
+            if not isinstance(result, str):
                 bar.set_postfix_str(f"{key} tvd2 {result['tvd2']:.3f}")
             bar.update()
             if checkpoint is not None:
@@ -358,6 +404,8 @@ def main() -> None:
     ap.add_argument("--epsilons", default="1,3")
     ap.add_argument("--methods", default="carecourse,mst,aim")
     ap.add_argument("--jobs", type=int, default=2, help="fits run at a time (processes)")
+    ap.add_argument("--fresh", action="store_true",
+                    help="ignore the fits recorded by earlier runs (results/.fidelity_fits.jsonl)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "fidelity.json")
     args = ap.parse_args()
     epsilons = [float(e) for e in args.epsilons.split(",")]
@@ -378,7 +426,10 @@ def main() -> None:
         tmp.write_text(json.dumps(out, indent=2) + "\n")
         tmp.replace(args.out)
 
-    out = run(args.seeds, epsilons, methods, jobs=args.jobs, checkpoint=write)
+    cache = args.out.parent / f".{args.out.stem}_fits.jsonl"
+    if args.fresh:
+        cache.unlink(missing_ok=True)
+    out = run(args.seeds, epsilons, methods, jobs=args.jobs, cache=cache, checkpoint=write)
     print(table_text(out, epsilons, methods))
     write(out)
     plot(out, epsilons, methods, args.out.with_suffix(".png"))

@@ -10,5 +10,10 @@ Data in (the first part of the learned-transitions issue):
   (ACTG 320, ACTG 175, GBSG-2 lymph node, Stanford heart transplant);
 - :mod:`learned.describe`: the summaries ``carecourse datasets`` prints.
 
+Generators:
+
+- :mod:`learned.baseline`: the DP generator of baseline covariates (mixed numeric and
+  categorical), with exact conditional sampling for eligibility criteria.
+
 Nothing is imported here, so importing one adapter does not load the others' dependencies.
 """

@@ -94,7 +94,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: A numeric condition: (low, high), inclusive; None leaves that side open.
+#: A numeric condition: (low, high), inclusive; None leaves that side open. A list of two
+#: works too (as JSON gives it); a range reaching past the column's bounds is cut to them.
 Range = tuple[float | None, float | None]
 #: A condition on one column: a range for a numeric column, a set of allowed categories
 #: (or one category) for a categorical one.
@@ -337,8 +338,9 @@ def constraints(schema: Schema, conditions: Mapping[str, Condition] | None) -> C
                                   f"categories {list(col.categories)}")
             weights[j] = np.array([float(c in allowed) for c in col.categories])
             continue
-        if (not isinstance(cond, tuple) or len(cond) != 2
-                or not all(v is None or isinstance(v, int | float) for v in cond)):
+        if (not isinstance(cond, tuple | list) or len(cond) != 2
+                or not all(v is None or (isinstance(v, int | float) and not isinstance(v, bool))
+                           for v in cond)):
             raise ConfigError(f"condition on {name!r}: give a range (low, high), either side "
                               f"None for open, not {cond!r}")
         lo = col.low if cond[0] is None else float(cond[0])

@@ -230,8 +230,10 @@ def test_output_respects_bounds_and_categories(plain):
     assert len(np.unique(rows["age"].round(6))) > 4000  # continuous, not bin edges
 
 
-def test_same_seed_same_rows(plain):
+def test_same_seed_same_rows_and_a_list_is_a_range(plain):
     pd.testing.assert_frame_equal(plain.sample(100, seed=3), plain.sample(100, seed=3))
+    pd.testing.assert_frame_equal(plain.sample(100, seed=3, conditions={"age": [30, 50]}),
+                                  plain.sample(100, seed=3, conditions={"age": (30, 50)}))
 
 
 def test_sampling_or_saving_before_fit_raises_not_fitted(tmp_path):
