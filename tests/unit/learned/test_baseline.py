@@ -162,6 +162,7 @@ def test_the_reported_epsilon_is_opacus_accounting_of_the_same_settings(private)
     assert acc.get_epsilon(1e-5) == pytest.approx(r.epsilon, rel=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha")
 def test_minibatches_are_accounted_with_their_sample_rate():
     from opacus.accountants import RDPAccountant
 
