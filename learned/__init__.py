@@ -18,5 +18,10 @@ Evaluation (``carecourse evaluate``):
   the real data, as typed metrics; :mod:`learned.evaluate_metrics` the measurements,
   :mod:`learned.evaluate_report` the pictures and the HTML report.
 
+Generators:
+
+- :mod:`learned.baseline`: the DP generator of baseline covariates (mixed numeric and
+  categorical), with exact conditional sampling for eligibility criteria.
+
 Nothing is imported here, so importing one adapter does not load the others' dependencies.
 """
