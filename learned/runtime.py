@@ -24,6 +24,7 @@ All draws come from the patient's own stream (``run.person.uniform``).
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -62,15 +63,18 @@ class HazardTables:
                               f"({1 + len(spec.classes)}, {spec.n_features})")
         self._lo = np.array([lo for lo, _ in spec.bounds], dtype=np.float64)
         self._span = np.array([hi - lo for lo, hi in spec.bounds], dtype=np.float64)
+        # The covariates shift a class's logit by the same amount in every bin, so the
+        # softmax factors: exp(base[j] + k) = exp(base[j]) * exp(k). Per state, keep
+        # exp(base) (each row scaled by its largest entry, which cancels) and the map to k.
         self._tables: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for k, s in enumerate(spec.states):
             cols = np.flatnonzero(allowed[k])
             off = k * spec.block
             wk = w[cols]
-            # [bins, 1 + exits]: the bin's baseline logits; [1 + exits, covariates]
-            base = wk[:, off + nc: off + nc + nb].T + b[cols]
-            self._tables[s] = (base, wk[:, off: off + nc])
-        self._cache: dict[tuple[str, tuple[float, ...]], tuple[np.ndarray, np.ndarray]] = {}
+            base = wk[:, off + nc: off + nc + nb].T + b[cols]  # [bins, 1 + exits]
+            self._tables[s] = (np.exp(base - base.max(axis=1, keepdims=True)),
+                               wk[:, off: off + nc])
+        self._cache: dict[tuple[str, tuple[float, ...]], _Prepared] = {}
 
     def exits(self, state: str) -> tuple[str, ...]:
         return self.spec.exits[state]
@@ -78,29 +82,30 @@ class HazardTables:
     def hazards(self, state: str, x: Sequence[float]) -> np.ndarray:
         """[bins, 1 + exits]: per bin, P(stay) and P(leave by each exit), given that the
         patient is in ``state`` at the bin's start (as ``HazardModel.hazards``)."""
-        return self._prepared(state, tuple(x))[0]
+        p = self._prepared(state, tuple(x))
+        return p.weights / p.total[:, None]
 
-    def _prepared(self, state: str, x: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    def _prepared(self, state: str, x: tuple[float, ...]) -> _Prepared:
         key = (state, x)
         hit = self._cache.get(key)
         if hit is not None:
             return hit
-        base, wc = self._tables[state]
-        logits = base
+        e, wc = self._tables[state]
         if len(x):
             z = np.clip((np.asarray(x, dtype=np.float64) - self._lo) / self._span, 0.0, 1.0)
-            logits = base + wc @ z
-        e = np.exp(logits - logits.max(axis=1, keepdims=True))
-        h = e / e.sum(axis=1, keepdims=True)
-        left = 1.0 - np.cumprod(h[:, 0])  # P(left by the end of bin j)
-        out = (h, left)
-        if len(self._cache) < 4096:  # covariates that repeat (sex, arm) are computed once
-            self._cache[key] = out
+            shift = wc @ z
+            weights = e * np.exp(shift - shift.max())
+        else:
+            weights = e
+        out = _Prepared(weights, weights.sum(axis=1))
+        if len(self._cache) >= 4096:  # covariates that repeat (sex, arm) stay cached
+            del self._cache[next(iter(self._cache))]
+        self._cache[key] = out
         return out
 
     def exit_distribution(self, state: str, x: Sequence[float]) -> dict[str, float]:
         """P(leaving by each exit within the modelled bins)."""
-        h, _ = self._prepared(state, tuple(x))
+        h = self.hazards(state, x)
         alive = np.concatenate([[1.0], np.cumprod(h[:-1, 0])])
         return dict(zip(self.exits(state), (alive[:, None] * h[:, 1:]).sum(axis=0).tolist(),
                         strict=True))
@@ -111,13 +116,14 @@ class HazardTables:
 
     def draw_dwell(self, state: str, x: Sequence[float], u: Callable[[], float]) -> float:
         """Days in ``state`` (``math.inf`` when the model never leaves); two draws."""
-        h, left = self._prepared(state, tuple(x))
+        p = self._prepared(state, tuple(x))
+        left = p.left
         v, w = u(), u()
-        j = int(np.searchsorted(left, v, side="right"))
+        j = bisect.bisect_right(left, v)
         if j >= len(left):
             # Past the modelled bins the last bin's hazard goes on: the number of further
             # whole bins survived is geometric, drawn from what is left of v.
-            q = 1.0 - h[-1, 0]
+            q = 1.0 - p.stay_last
             rest = (v - left[-1]) / (1.0 - left[-1]) if left[-1] < 1.0 else 0.0
             if q <= 0.0:
                 return math.inf
@@ -127,15 +133,37 @@ class HazardTables:
 
     def draw_exit(self, state: str, x: Sequence[float], days: float, u: float) -> int:
         """Index of the exit taken after ``days`` in ``state``; one draw ``u``."""
-        h, _ = self._prepared(state, tuple(x))
-        row = h[min(self.bin_of(days), len(h) - 1), 1:]
+        row = self._prepared(state, tuple(x)).exit_row(self.bin_of(days))
+        target = u * sum(row)
         acc = 0.0
-        target = u * float(row.sum())
-        for i, p in enumerate(row.tolist()):
+        for i, p in enumerate(row):
             acc += p
             if target < acc:
                 return i
         return len(row) - 1
+
+
+class _Prepared:
+    """The hazards of one state for one covariate vector, as the draws use them:
+    unnormalised class weights per bin and their sums; the cumulative chance of having
+    left by the end of each bin (a list, for bisection); exit weights by bin on demand."""
+
+    __slots__ = ("weights", "total", "left", "stay_last", "_rows")
+
+    def __init__(self, weights: np.ndarray, total: np.ndarray) -> None:
+        self.weights = weights
+        self.total = total
+        stay = weights[:, 0] / total
+        self.left = (1.0 - np.cumprod(stay)).tolist()
+        self.stay_last = float(stay[-1])
+        self._rows: dict[int, list[float]] = {}
+
+    def exit_row(self, j: int) -> list[float]:
+        j = min(j, len(self.total) - 1)
+        row = self._rows.get(j)
+        if row is None:
+            row = self._rows[j] = self.weights[j, 1:].tolist()
+        return row
 
 
 _LOADED: dict[tuple[str, int, int], HazardTables] = {}
