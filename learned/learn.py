@@ -69,11 +69,14 @@ __all__ = ["PUBLIC", "FHIR_SOURCES", "PublicFacts", "LearnConfig", "LearnResult"
 @dataclass(frozen=True)
 class PublicFacts:
     """What a built-in data set's documentation makes public: its transitions, bounds of
-    its covariates, and how a covariate reads from a simulated patient."""
+    its covariates, how a covariate reads from a simulated patient, and bins that span its
+    follow-up (a model horizon past the follow-up would extrapolate)."""
 
     edges: tuple[tuple[str, str], ...]
     covariates: Mapping[str, Covariate] = field(default_factory=dict)
     sources: Mapping[str, Any] = field(default_factory=dict)
+    bin_days: float = 30.0
+    bins: int = 24
 
 
 def _num(name: str, low: float, high: float) -> tuple[str, Covariate]:
@@ -90,7 +93,11 @@ def _cat(name: str, *levels: str) -> tuple[str, Covariate]:
 #: three months of zidovudine, age 16 or more, Hammer et al. 1997; ACTG 175: CD4 200-500,
 #: age 12 or more, Karnofsky 70 or more, Hammer et al. 1996; GBSG-2: node-positive, age up
 #: to 65 at entry, Schumacher et al. 1994), else from the coding of the variables and
-#: plausible clinical ranges; none is computed from the data.
+#: plausible clinical ranges; none is computed from the data. The bins span the follow-up
+#: the papers report: ACTG 320 stopped early, at a median of 38 weeks (a year of bins);
+#: ACTG 175 followed patients for a median of 143 weeks (three years); GBSG-2 about five
+#: years (six of quarters); Stanford patients were followed for up to about five years,
+#: most transplants and deaths in the first two.
 PUBLIC: dict[str, PublicFacts] = {
     "actg320": PublicFacts(
         (("randomized", "aids"), ("randomized", "death"), ("aids", "death")),
@@ -98,7 +105,7 @@ PUBLIC: dict[str, PublicFacts] = {
               _cat("sex", "1", "2"), _cat("tx", "0", "1"), _cat("strat2", "0", "1"),
               _cat("karnof", "70", "80", "90", "100"), _cat("ivdrug", "1", "2", "3"),
               _cat("hemophil", "0", "1"), _cat("raceth", "1", "2", "3", "4", "5", "6")]),
-        {"sex": {"attribute": "gender", "values": {"M": "1", "F": "2"}}}),
+        {"sex": {"attribute": "gender", "values": {"M": "1", "F": "2"}}}, 30.0, 12),
     "actg175": PublicFacts(
         (("randomized", "failure"),),
         dict([_num("age", 12, 80), _num("cd40", 200, 500), _num("cd80", 0, 3000),
@@ -107,18 +114,18 @@ PUBLIC: dict[str, PublicFacts] = {
               _cat("treat", "0", "1"), _cat("race", "0", "1"), _cat("symptom", "0", "1"),
               _cat("str2", "0", "1"), _cat("drugs", "0", "1"), _cat("homo", "0", "1"),
               _cat("hemo", "0", "1")]),
-        {"gender": {"attribute": "gender", "values": {"M": "1", "F": "0"}}}),
+        {"gender": {"attribute": "gender", "values": {"M": "1", "F": "0"}}}, 60.0, 18),
     "lymph_node": PublicFacts(
         (("diagnosed", "recurrence"), ("diagnosed", "death"), ("recurrence", "death")),
         dict([_num("age", 20, 80), _num("size", 0, 120), _num("nodes", 1, 50),
               _num("prog_recp", 0, 2500), _num("estrg_recp", 0, 1500),
               _cat("menopause", "1", "2"), _cat("hormone", "1", "2"),
-              _cat("grade", "1", "2", "3")])),
+              _cat("grade", "1", "2", "3")]), {}, 90.0, 24),
     "stanford_heart": PublicFacts(
         (("waiting", "transplant"), ("waiting", "death"), ("transplant", "death")),
         dict([_num("age", -40, 20), _num("year", 0, 7), _cat("surgery", "0", "1")]),
         # the data's age is age at acceptance minus 48 years
-        {"age": {"age_plus": -48}}),
+        {"age": {"age_plus": -48}}, 30.0, 24),
 }
 
 #: How the covariates of FHIR data (learned.fhir) read from a simulated patient.
@@ -142,6 +149,8 @@ class LearnConfig:
     covariates: tuple[Covariate, ...] = ()
     bin_days: float = 30.0
     max_bins: int = 24
+    #: Knots of the piecewise-linear baseline hazard (0: one parameter per bin).
+    time_knots: int = 4
     #: "public", "dp", or "auto": public when transitions are given or documented.
     structure: str = "auto"
     states: tuple[str, ...] = ()
@@ -151,10 +160,12 @@ class LearnConfig:
     count_share: float = 0.2
     #: Share of delta that partition selection takes when the states are not public.
     selection_share: float = 0.5
-    epochs: int = 10
-    batch_size: int = 2048
-    lr: float = 0.1
-    max_grad_norm: float = 5.0
+    epochs: int = 30
+    #: Patients per batch (expected, with Poisson sampling); 0: a quarter of the patients,
+    #: at least 128 and at most 2048.
+    batch_size: int = 0
+    lr: float = 0.03
+    max_grad_norm: float = 2.0
     seed: int = 0
     device: str = "auto"
     name: str | None = None
@@ -178,12 +189,16 @@ class LearnConfig:
             raise ConfigError(f"--budget must be positive, got {self.budget}")
         if not self.bin_days > 0 or self.max_bins < 1:
             raise ConfigError("--bin-days must be positive and --bins at least 1")
+        if not 0 <= self.time_knots <= self.max_bins:
+            raise ConfigError(f"--time-knots must be between 0 (one per bin) and --bins "
+                              f"({self.max_bins}), got {self.time_knots}")
         if self.structure not in ("auto", "public", "dp"):
             raise ConfigError("--structure must be public, dp or auto")
         if not 0 < self.count_share < 1 or not 0 < self.selection_share < 1:
             raise ConfigError("--count-share must be between 0 and 1")
-        if self.max_transitions < 1 or self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError("--max-transitions, --epochs and --batch-size must be at least 1")
+        if self.max_transitions < 1 or self.epochs < 1 or self.batch_size < 0:
+            raise ConfigError("--max-transitions and --epochs must be at least 1, --batch-size "
+                              "0 (automatic) or more")
         if not self.lr > 0 or not self.max_grad_norm > 0:
             raise ConfigError("--lr and --max-grad-norm must be positive")
         if self.start_age < 0:
@@ -299,7 +314,7 @@ def learn(data: EventData, config: LearnConfig, out: Path | str, *,
     tmp = _prepare_out(out)
     try:
         # --- the privacy plan, fixed before the data are read ---------------------------
-        batch = min(config.batch_size, n)
+        batch = min(config.batch_size or min(2048, max(128, math.ceil(n / 4))), n)
         batches = math.ceil(n / batch)
         sample_rate, steps = 1 / batches, config.epochs * batches
         prior: list[Mechanism] = []
@@ -354,7 +369,8 @@ def learn(data: EventData, config: LearnConfig, out: Path | str, *,
                 "raise --count-share or --epsilon, or lower --max-transitions")
 
         # --- the model ----------------------------------------------------------------
-        spec = HazardSpec(exits, config.bin_days, config.max_bins, spec_features, spec_bounds)
+        spec = HazardSpec(exits, config.bin_days, config.max_bins, spec_features, spec_bounds,
+                          config.time_knots)
         by_patient = {p: tuple(row) for p, row in zip(patients, x.tolist(), strict=True)}
         visits = stays(paths, structure, by_patient)
         bar = _bar(config.epochs, progress)
@@ -365,7 +381,7 @@ def learn(data: EventData, config: LearnConfig, out: Path | str, *,
         result = train(visits, spec, epsilon=config.epsilon if config.private else None,
                        delta=rdp_delta, noise_multiplier=noise if config.private else None,
                        prior=prior, patients=patients, epochs=config.epochs,
-                       batch_size=config.batch_size, lr=config.lr,
+                       batch_size=batch, lr=config.lr,
                        max_grad_norm=config.max_grad_norm, seed=config.seed,
                        device=device, progress=tick)
         bar.close()
@@ -383,7 +399,7 @@ def learn(data: EventData, config: LearnConfig, out: Path | str, *,
                      extra_delta=extra_delta, how=how, device=device, cif=cif,
                      public_states=public_states, seconds=time.perf_counter() - t0,
                      fingerprint=ledger.fingerprint, events=len(data.events),
-                     visits=len(visits), epsilon_spent=epsilon_spent)
+                     visits=len(visits), epsilon_spent=epsilon_spent, batch=batch)
         card = save_model(model_dir, model, card)
         pictures = _pictures(model_dir, result, tables, ref, name)
         module_sources = _sources(covariates, sources or (facts.sources if facts else {}))
@@ -425,7 +441,7 @@ def _card(data: EventData, config: LearnConfig, structure: Structure, spec: Haza
           result: TrainResult, *, mechanisms: Sequence[Mechanism], extra_delta: float,
           how: str, device: str, cif: Mapping[str, Mapping[str, float]],
           public_states: Sequence[str] | None, seconds: float, fingerprint: str,
-          events: int, visits: int, epsilon_spent: float) -> dict[str, Any]:
+          events: int, visits: int, epsilon_spent: float, batch: int) -> dict[str, Any]:
     dp_sgd = next((m for m in mechanisms if m.name == "DP-SGD"), None)
     public = ["covariates and their bounds or levels", "bin width and number of bins",
               "the bound on transitions per patient", "the number of patients"]
@@ -463,7 +479,7 @@ def _card(data: EventData, config: LearnConfig, structure: Structure, spec: Haza
         },
         "training": {"epochs": config.epochs, "epochs_run": len(result.losses),
                      "stopped_at_budget": result.stopped_early,
-                     "batch_size": config.batch_size, "lr": config.lr,
+                     "batch_size": batch, "lr": config.lr,
                      "optimizer": "Adam, averaged iterates of the second half" if config.private
                      else "L-BFGS", "seed": config.seed, "device": device,
                      "seconds": round(seconds, 2), "max_transitions": config.max_transitions},

@@ -56,7 +56,8 @@ class HazardTables:
         w = np.asarray(weights["linear.weight"], dtype=np.float64)
         b = np.asarray(weights["linear.bias"], dtype=np.float64)
         allowed = np.asarray(weights["allowed"], dtype=bool)
-        nc, nb = len(spec.covariates), spec.max_bins
+        nc, nt = len(spec.covariates), spec.n_time
+        basis = spec.time_basis()
         if w.shape != (1 + len(spec.classes), spec.n_features) or allowed.shape != (
                 len(spec.states), 1 + len(spec.classes)):
             raise ModuleError(f"the weights ({w.shape}) do not fit the model's shape "
@@ -71,7 +72,7 @@ class HazardTables:
             cols = np.flatnonzero(allowed[k])
             off = k * spec.block
             wk = w[cols]
-            base = wk[:, off + nc: off + nc + nb].T + b[cols]  # [bins, 1 + exits]
+            base = basis @ wk[:, off + nc: off + nc + nt].T + b[cols]  # [bins, 1 + exits]
             self._tables[s] = (np.exp(base - base.max(axis=1, keepdims=True)),
                                wk[:, off: off + nc])
         self._cache: dict[tuple[str, tuple[float, ...]], _Prepared] = {}

@@ -216,10 +216,14 @@ def _learn_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--covariate", action="append", default=[], metavar="SPEC",
                    help="a covariate with public bounds: NAME=LOW:HIGH, NAME=A,B,C (levels), "
                         "or NAME when a built-in data set documents its bounds (repeatable)")
-    g.add_argument("--bin-days", type=_float, default=30.0, metavar="DAYS",
-                   help="width of the time bins (default 30)")
-    g.add_argument("--bins", type=_positive, default=24, metavar="N",
-                   help="bins modelled; the last bin's hazard goes on after (default 24)")
+    g.add_argument("--bin-days", type=_float, metavar="DAYS",
+                   help="width of the time bins (default 30, or the data set's documented)")
+    g.add_argument("--bins", type=_positive, metavar="N",
+                   help="bins modelled, spanning the follow-up; the last bin's hazard goes on "
+                        "after (default 24, or the data set's documented)")
+    g.add_argument("--time-knots", type=_non_negative, default=4, metavar="K",
+                   help="knots of the piecewise-linear baseline hazard; 0: a parameter per "
+                        "bin (default 4)")
     g.add_argument("--structure", choices=("auto", "public", "dp"), default="auto",
                    help="states and transitions: public (stated or documented) or chosen "
                         "by DP counts (default: public when known)")
@@ -234,11 +238,13 @@ def _learn_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--count-share", type=_float, default=0.2, metavar="F",
                    help="share of epsilon for the counts of --structure dp (default 0.2)")
     t = lp.add_argument_group("training")
-    t.add_argument("--epochs", type=_positive, default=10)
-    t.add_argument("--batch-size", type=_positive, default=2048)
-    t.add_argument("--lr", type=_float, default=0.1, help="Adam's learning rate (default 0.1)")
-    t.add_argument("--max-grad-norm", type=_float, default=5.0,
-                   help="per-patient clipping norm (default 5)")
+    t.add_argument("--epochs", type=_positive, default=30, help="(default 30)")
+    t.add_argument("--batch-size", type=_non_negative, default=0,
+                   help="expected patients per batch (default 0: a quarter of the patients, "
+                        "128 to 2048)")
+    t.add_argument("--lr", type=_float, default=0.03, help="Adam's learning rate (default 0.03)")
+    t.add_argument("--max-grad-norm", type=_float, default=2.0,
+                   help="per-patient clipping norm (default 2)")
     t.add_argument("--seed", type=_non_negative, default=0)
     m = lp.add_argument_group("derived module")
     m.add_argument("--name", help="module name (default: the data set's)")
@@ -565,7 +571,9 @@ def _cmd_learn(args: argparse.Namespace) -> int:
     config = LearnConfig(
         epsilon=args.epsilon, delta=args.delta,
         covariates=tuple(Covariate.parse(c, known) for c in args.covariate),
-        bin_days=args.bin_days, max_bins=args.bins, structure=args.structure,
+        bin_days=args.bin_days or (facts.bin_days if facts else 30.0),
+        max_bins=args.bins or (facts.bins if facts else 24), time_knots=args.time_knots,
+        structure=args.structure,
         states=tuple(x.strip() for x in (args.states or "").split(",") if x.strip()),
         edges=_edges(args.edges), max_transitions=args.max_transitions,
         min_count=args.min_count, count_share=args.count_share, epochs=args.epochs,

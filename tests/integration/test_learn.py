@@ -38,7 +38,7 @@ def test_learn_writes_module_weights_card_ledger_and_pictures(learned):
     card = json.loads((model / "card.json").read_text())
     privacy = card["privacy"]
     assert 0.99 <= privacy["epsilon"] <= 1.0 and privacy["delta"] == 1e-5
-    assert privacy["accountant"] == "rdp" and privacy["max_grad_norm"] == 5.0
+    assert privacy["accountant"] == "rdp" and privacy["max_grad_norm"] == 2.0
     assert privacy["noise_multiplier"] > 0 and privacy["steps"] == 3
     assert privacy["sample_rate"] == 1.0   # 103 patients, one batch
     assert card["data"]["patients"] == 103 and card["data"]["rows"] > 0
@@ -128,7 +128,7 @@ def test_a_dp_structure_from_an_event_table(tmp_path):
     """States given as public, transitions chosen by noisy counts: the frequent ones are
     kept, the one nobody made is not."""
     rng = np.random.default_rng(0)
-    n = 2000
+    n = 1000
     rows, base = [], []
     for i in range(n):
         base.append((i, int(rng.integers(0, 2))))

@@ -274,7 +274,7 @@ def test_same_bytes_with_one_or_two_processes(library_dir, tmp_path):
     from tests.integration.test_cli import FIXED, digest, rows, run_cli
 
     a, b = tmp_path / "a", tmp_path / "b"
-    common = ("run", "-p", 40, "-s", 5, "--modules-dir", library_dir, "--age-range", "0-2",
+    common = ("run", "-p", 20, "-s", 5, "--modules-dir", library_dir, "--age-range", "0-2",
               *FIXED)
     assert run_cli(*common, "--out", a, "--processes", 1) == 0
     assert run_cli(*common, "--out", b, "--processes", 2) == 0
