@@ -309,6 +309,10 @@ def learn(data: EventData, config: LearnConfig, out: Path | str, *,
         raise ConfigError(f"--delta {config.delta:g} is not below 1/patients (1/{n}): such a "
                           "delta allows releasing a patient's data outright; use a smaller one")
     x = encode_frame(data.baseline, covariates, data.name)
+    public = public_structure(initial, edges) if how == "public" else None
+    if public is not None and initial not in public.exits:
+        raise ConfigError(f"--edges: no transition leaves the initial state {initial!r}; "
+                          f"give at least one {initial}>STATE")
     spec_features = feature_names(covariates)
     spec_bounds = feature_bounds(covariates)
     tmp = _prepare_out(out)
@@ -345,8 +349,8 @@ def learn(data: EventData, config: LearnConfig, out: Path | str, *,
         paths = patient_paths(data, max_transitions=config.max_transitions,
                               states=public_states)
         rng = np.random.default_rng(config.seed)
-        if how == "public":
-            structure = public_structure(initial, edges)
+        if public is not None:
+            structure = public
         else:
             candidates = None
             if public_states is not None:

@@ -100,6 +100,7 @@ def test_the_budget_refuses_before_training(learned, tmp_path, capsys):
     (("--delta", 0.05), "not below 1/patients"),
     (("--epsilon", "inf", "--budget", 5), "no --budget allows"),
     (("--edges", "waiting"), "FROM>TO"),
+    (("--edges", "transplant>death"), "no transition leaves the initial state 'waiting'"),
     (("--baseline", "x.csv"), "go(es) with an event table"),
 ])
 def test_bad_options_are_one_message_and_exit_2(tmp_path, capsys, args, needle):

@@ -281,3 +281,19 @@ def test_same_bytes_with_one_or_two_processes(library_dir, tmp_path):
     assert digest(a) == digest(b)
     codes = {r["CODE"] for r in rows(a, "conditions")}
     assert "9100001" in codes and codes & {"9100002", "9100003"}
+
+
+def test_the_fallbacks_load_neither_learned_nor_torch(library_dir, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = ("import sys; from simulator.cli import main; "
+            f"rc = main(['run', '-p', '3', '--modules-dir', {str(library_dir)!r}, '--out', "
+            f"{str(tmp_path / 'out')!r}, '--learned-fallback', '--no-progress']); "
+            "print(rc, sorted(m for m in ('learned', 'torch', 'opacus') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "0 []"
