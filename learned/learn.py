@@ -464,7 +464,10 @@ def _card(data: EventData, config: LearnConfig, structure: Structure, spec: Haza
         "data": {"name": data.name, "fingerprint": fingerprint, "rows": events,
                  "patients": data.patients, "stays": visits,
                  "person_period_rows": result.rows, "origin": data.origin,
-                 "initial_state": data.initial_state},
+                 "initial_state": data.initial_state,
+                 "counts_note": "rows, patients, stays and person-period rows are exact "
+                                "counts, for the data owner: they are not covered by the "
+                                "privacy guarantee (remove them before publishing the card)"},
         "privacy": {
             "private": config.private,
             "epsilon": epsilon_spent if math.isfinite(epsilon_spent) else None,
