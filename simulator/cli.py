@@ -243,8 +243,8 @@ def _learn_parser(sub: argparse._SubParsersAction) -> None:
                    help="expected patients per batch (default 0: a quarter of the patients, "
                         "128 to 2048)")
     t.add_argument("--lr", type=_float, default=0.03, help="Adam's learning rate (default 0.03)")
-    t.add_argument("--max-grad-norm", type=_float, default=2.0,
-                   help="per-patient clipping norm (default 2)")
+    t.add_argument("--max-grad-norm", type=_float, default=5.0,
+                   help="per-patient clipping norm (default 5)")
     t.add_argument("--seed", type=_non_negative, default=0)
     m = lp.add_argument_group("derived module")
     m.add_argument("--name", help="module name (default: the data set's)")

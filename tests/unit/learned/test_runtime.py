@@ -185,13 +185,21 @@ def problems_of(root: Path) -> str:
     return "\n".join(str(e) for e in errors)
 
 
-def test_a_missing_model_names_file_state_and_json_path(copy_dir):
+def test_a_missing_model_names_file_state_and_json_path(copy_dir, tmp_path, capsys):
+    from tests.integration.test_cli import FIXED, run_cli
+
     write_module(copy_dir, module_spec(model="models/gone/card.json"))
     text = problems_of(copy_dir)
     assert str(copy_dir / "hybrid.json") in text
     assert "states.Wait.learned_transition.model" in text
     assert "states.Wait.learned_delay.model" in text
     assert "models/gone/card.json" in text and "not found" in text
+    # carecourse run: one message, exit status 2, no output.
+    assert run_cli("run", "-p", 2, "--modules-dir", copy_dir, "--out", tmp_path / "o",
+                   *FIXED) == 2
+    err = capsys.readouterr().err
+    assert "states.Wait.learned_transition.model" in err and "Traceback" not in err
+    assert not (tmp_path / "o" / "csv").exists()
 
 
 @pytest.mark.parametrize("change, needle", [
