@@ -1,8 +1,9 @@
 """The ``carecourse`` command line.
 
-This is the one place that wires the packages together: exporters (and later learned
-models) are imported inside the commands that need them, so ``carecourse run`` starts
-without loading torch. Every deliberate error prints one clear message and exits with
+This is the one place that wires the packages together: exporters and learned models are
+imported inside the commands that need them, so ``carecourse run`` starts without loading
+torch (a run whose modules have learned keys imports ``learned.runtime`` through
+``RunConfig.extensions``). Every deliberate error prints one clear message and exits with
 status 2; ``modules validate`` exits 1 when it finds problems.
 """
 
@@ -129,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "population, between 10 and 100)")
     r.add_argument("--lenient", action="store_true",
                    help="load modules with transitions to missing states (error only if taken)")
+    r.add_argument("--learned-fallback", action="store_true",
+                   help="run learned transitions and delays by their GMF fallbacks (no "
+                        "model files needed, nothing learned loaded)")
     r.add_argument("--validate", action="store_true",
                    help="validate FHIR resources as they are written (fhir/ndjson formats)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -239,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=_cmd_evaluate)
     _trial_parser(sub)
+    _learn_parser(sub)
     return p
 
 
@@ -301,6 +306,86 @@ def _trial_parser(sub: argparse._SubParsersAction) -> None:
     tc.add_argument("--out", type=Path, metavar="DIR",
                     help="report folder (default: DIR/compare of the synthetic arm)")
     tc.set_defaults(func=_cmd_trial_compare)
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def _learn_parser(sub: argparse._SubParsersAction) -> None:
+    lp = sub.add_parser(
+        "learn", help="train a DP transition and dwell-time model on real data and derive a "
+                      "GMF module from it",
+        description="Train the differentially private hazard model of a data set's states, "
+                    "write its weights and model card, charge the data set's privacy "
+                    "ledger, and derive a GMF module whose transitions use the model.")
+    lp.add_argument("--data", required=True, metavar="DATA",
+                    help="a built-in data set, a folder of FHIR bundles or ndjson, or an "
+                         "event table with --baseline (as carecourse datasets show reads it)")
+    lp.add_argument("--baseline", type=Path, metavar="FILE",
+                    help="the baseline-covariate table that goes with an event table")
+    _table_arguments(lp)
+    lp.add_argument("--reference-date", type=_date, metavar="YYYY-MM-DD",
+                    help="FHIR / CSV output: end of follow-up of the living (default: the "
+                         "latest date)")
+    lp.add_argument("--epsilon", type=_float, required=True, metavar="E",
+                    help="privacy budget of this run (inf: no privacy, for synthetic data)")
+    lp.add_argument("--delta", type=_float, default=1e-5, metavar="D",
+                    help="delta of the guarantee, below 1/patients (default 1e-5)")
+    lp.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                    help="where to train (default auto: CUDA when there is a GPU)")
+    lp.add_argument("--out", type=Path, required=True, metavar="DIR",
+                    help="new folder for the module, weights, card and pictures")
+    lp.add_argument("--budget", type=_float, metavar="E",
+                    help="refuse to run if the data set's total epsilon would pass E")
+    lp.add_argument("--ledger-dir", type=Path, metavar="DIR",
+                    help="folder of privacy ledgers (default $CARECOURSE_LEDGER_DIR or "
+                         "~/.carecourse/ledgers)")
+    g = lp.add_argument_group("model (public choices)")
+    g.add_argument("--covariate", action="append", default=[], metavar="SPEC",
+                   help="a covariate with public bounds: NAME=LOW:HIGH, NAME=A,B,C (levels), "
+                        "or NAME when a built-in data set documents its bounds (repeatable)")
+    g.add_argument("--bin-days", type=_float, metavar="DAYS",
+                   help="width of the time bins (default 30, or the data set's documented)")
+    g.add_argument("--bins", type=_positive, metavar="N",
+                   help="bins modelled, spanning the follow-up; the last bin's hazard goes on "
+                        "after (default 24, or the data set's documented)")
+    g.add_argument("--time-knots", type=_non_negative, default=4, metavar="K",
+                   help="knots of the piecewise-linear baseline hazard; 0: a parameter per "
+                        "bin (default 4)")
+    g.add_argument("--structure", choices=("auto", "public", "dp"), default="auto",
+                   help="states and transitions: public (stated or documented) or chosen "
+                        "by DP counts (default: public when known)")
+    g.add_argument("--states", metavar="A,B,...",
+                   help="the public list of states (others are not states here)")
+    g.add_argument("--edges", metavar="A>B,...", help="the public transitions")
+    g.add_argument("--max-transitions", type=_positive, default=4, metavar="K",
+                   help="transitions of one patient used (default 4)")
+    g.add_argument("--min-count", type=_float, default=10.0, metavar="N",
+                   help="least noisy count of patients for a transition to be kept "
+                        "(default 10)")
+    g.add_argument("--count-share", type=_float, default=0.2, metavar="F",
+                   help="share of epsilon for the counts of --structure dp (default 0.2)")
+    t = lp.add_argument_group("training")
+    t.add_argument("--epochs", type=_positive, default=30, help="(default 30)")
+    t.add_argument("--batch-size", type=_non_negative, default=0,
+                   help="expected patients per batch (default 0: a quarter of the patients, "
+                        "128 to 2048)")
+    t.add_argument("--lr", type=_float, default=0.03, help="Adam's learning rate (default 0.03)")
+    t.add_argument("--max-grad-norm", type=_float, default=5.0,
+                   help="per-patient clipping norm (default 5)")
+    t.add_argument("--seed", type=_non_negative, default=0)
+    m = lp.add_argument_group("derived module")
+    m.add_argument("--name", help="module name (default: the data set's)")
+    m.add_argument("--start-age", type=_float, default=0.0, metavar="YEARS",
+                   help="patients enter the initial state at this age (default 0: birth)")
+    m.add_argument("--code", action="append", default=[], metavar="STATE=SYSTEM|CODE|DISPLAY",
+                   help="record entering STATE as this condition (repeatable)")
+    lp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    lp.set_defaults(func=_cmd_learn)
 
 
 def _server_options(p: argparse.ArgumentParser, upload_flag: str) -> None:
@@ -397,7 +482,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         gender=args.gender, state=state, reference_date=ref, end_date=args.end_date,
         years_of_history=args.years_of_history, modules_dir=args.modules_dir,
         modules=tuple(args.module), out=args.out, processes=args.processes,
-        lenient=args.lenient,
+        lenient=args.lenient, learned_fallback=args.learned_fallback,
+        # Imported (in every worker) only when a module has learned keys, so a run of
+        # rule modules does not load torch.
+        extensions=("learned.runtime",),
     )
     sinks = []
     if "csv" in args.format:
@@ -483,7 +571,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_modules_list(args: argparse.Namespace) -> int:
     from modules.loader import load_library
 
-    lib = load_library(args.modules_dir, lenient=True)
+    lib = load_library(args.modules_dir, lenient=True, check_models=False)
     for key in lib.top_level():
         m = lib.modules[key]
         print(f"{key:40s} {len(m.states):4d} states  {m.name}")
@@ -510,10 +598,11 @@ def _cmd_modules_graph(args: argparse.Namespace) -> int:
     from modules.loader import load_library, load_module_file
 
     p = Path(args.name)
+    # A drawing needs the states and transitions, not the models learned keys point to.
     if p.suffix == ".json" and p.is_file():
-        module = load_module_file(p, lenient=True)
+        module = load_module_file(p, lenient=True, check_models=False)
     else:
-        module = load_library(args.modules_dir, lenient=True).get(args.name)
+        module = load_library(args.modules_dir, lenient=True, check_models=False).get(args.name)
     suffix = args.out.suffix.lower()
     if suffix not in (".svg", ".png"):
         raise ConfigError(f"--out {args.out}: the drawing format follows the suffix; use .svg or .png")
@@ -753,6 +842,65 @@ def _cmd_trial_compare(args: argparse.Namespace) -> int:
               f"{hybrid.high:.3f}); {hybrid.effective_borrowed:.1f} of {hybrid.synthetic_n} "
               "synthetic patients borrowed")
     print(f"  report: {(out / 'report.html').resolve()}")
+    return 0
+
+
+def _edges(text: str | None) -> tuple[tuple[str, str], ...]:
+    if not text:
+        return ()
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        a, sep, b = part.partition(">")
+        if not sep or not a.strip() or not b.strip():
+            raise ConfigError(f"--edges {text!r}: write FROM>TO pairs separated by commas, "
+                              "e.g. randomized>aids,aids>death")
+        out.append((a.strip(), b.strip()))
+    return tuple(out)
+
+
+def _codes(items: list[str]) -> tuple[tuple[str, str, str, str], ...]:
+    out = []
+    for item in items:
+        state, sep, rest = item.partition("=")
+        parts = rest.split("|")
+        if not sep or len(parts) not in (2, 3) or not all(p.strip() for p in parts[:2]):
+            raise ConfigError(f"--code {item!r}: write STATE=SYSTEM|CODE|DISPLAY, e.g. "
+                              "aids=SNOMED-CT|62479008|AIDS")
+        display = parts[2].strip() if len(parts) == 3 else parts[1].strip()
+        out.append((state.strip(), parts[0].strip(), parts[1].strip(), display))
+    return tuple(out)
+
+
+def _cmd_learn(args: argparse.Namespace) -> int:
+    from learned.covariates import Covariate
+    from learned.learn import FHIR_SOURCES, PUBLIC, LearnConfig, learn
+    from learned.ledger import default_ledger_dir
+    from learned.sources import read_source
+
+    source = read_source(args.data, baseline=args.baseline, table=_table_options(args),
+                         reference_date=args.reference_date)
+    data, info = source.data, source.info
+    facts = PUBLIC.get(info.name) if info is not None else None
+    known = dict(facts.covariates) if facts else {}
+    config = LearnConfig(
+        epsilon=args.epsilon, delta=args.delta,
+        covariates=tuple(Covariate.parse(c, known) for c in args.covariate),
+        bin_days=args.bin_days or (facts.bin_days if facts else 30.0),
+        max_bins=args.bins or (facts.bins if facts else 24), time_knots=args.time_knots,
+        structure=args.structure,
+        states=tuple(x.strip() for x in (args.states or "").split(",") if x.strip()),
+        edges=_edges(args.edges), max_transitions=args.max_transitions,
+        min_count=args.min_count, count_share=args.count_share, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, max_grad_norm=args.max_grad_norm,
+        seed=args.seed, device=args.device, name=args.name, start_age=args.start_age,
+        codes=_codes(args.code), budget=args.budget)
+    result = learn(data, config, args.out, ledger_dir=args.ledger_dir or default_ledger_dir(),
+                   facts=facts, sources=FHIR_SOURCES if source.kind in ("fhir", "csv") else None,
+                   progress=not args.no_progress)
+    print(f"  module:  {result.module}  (carecourse run --modules-dir {args.out})")
+    print(f"  model:   {result.weights} and its card {result.card}")
+    print(f"  ledger:  {result.ledger}")
+    print(f"  figures: {', '.join(str(p) for p in result.pictures)}")
     return 0
 
 

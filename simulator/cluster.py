@@ -37,6 +37,7 @@ from typing import Any
 import orjson
 
 from modules.errors import ConfigError, OutputError, SimulationError
+from modules.extensions import sha256_file
 from simulator.population import (
     RunConfig,
     RunSummary,
@@ -76,29 +77,22 @@ def plan_partitions(population: int, size: int) -> list[tuple[int, int, int]]:
     return [(k, a, min(population, a + size)) for k, a in enumerate(range(0, population, size))]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _files(folder: Path) -> dict[str, dict[str, Any]]:
-    return {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+    return {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != RECORD}
 
 
 def _library_digest(config: RunConfig) -> str:
-    """A digest of the module files the run reads, so a resume with edited modules is
-    refused instead of mixing two libraries in one population. (It reads the bytes only:
-    the library was loaded and checked once already.)"""
+    """A digest of the module files the run reads (with learned models' weights and cards
+    kept beside them), so a resume with edited modules is refused instead of mixing two
+    libraries in one population. (It reads the bytes only: the library was loaded and
+    checked once already.)"""
     from modules.loader import default_library_path
 
     root = Path(config.modules_dir) if config.modules_dir is not None else default_library_path()
     h = hashlib.sha256()
     for p in sorted(root.rglob("*")):
-        if p.is_file() and p.suffix in (".json", ".csv"):
+        if p.is_file() and p.suffix in (".json", ".csv", ".pt"):
             h.update(str(p.relative_to(root)).encode())
             h.update(p.read_bytes())
     return h.hexdigest()
@@ -119,6 +113,7 @@ def fingerprint(config: RunConfig, sinks: list[Any], size: int) -> str:
         "reference_date": str(config.reference_date), "end_date": str(config.end_date),
         "years_of_history": config.years_of_history, "modules": list(config.modules),
         "lenient": config.lenient, "partition_size": size,
+        "learned_fallback": config.learned_fallback, "extensions": list(config.extensions),
         "library": _library_digest(config),
         "sinks": [[s.name, sorted((k, repr(v)) for k, v in vars(s).items())] for s in sinks],
     }
@@ -184,7 +179,7 @@ def _finished(parts: Path, k: int) -> dict[str, Any] | None:
         return None
     for rel, meta in record.get("files", {}).items():
         p = final / rel
-        if not p.is_file() or p.stat().st_size != meta["bytes"] or _sha256(p) != meta["sha256"]:
+        if not p.is_file() or p.stat().st_size != meta["bytes"] or sha256_file(p) != meta["sha256"]:
             return None
     return record
 
@@ -361,7 +356,7 @@ def run_on_dask(config: RunConfig, sinks: list[Any], *, workers: int | None = No
                 meta = known.get(rel)
                 outputs[rel] = (meta if meta is not None and meta["bytes"] == size and
                                 s.name in ("fhir", "ccda")
-                                else {"bytes": size, "sha256": _sha256(p)})
+                                else {"bytes": size, "sha256": sha256_file(p)})
     _write_json(config.out / MANIFEST, {
         "run_seed": config.seed, "population": config.population,
         "partition_size": partition_size,
