@@ -1,12 +1,18 @@
 """The 200-patient FHIR export that test_fhir.py and test_us_core.py validate, made once
-per session: Synthea's module library when ../shared is present, else carecourse's own."""
+per session: Synthea's module library when ../shared is present, else carecourse's own.
+
+Under pytest-xdist (the README's test command runs the suite on every core) the two files can
+land on different workers; the first worker to ask makes the export in the session's shared
+temporary folder under a file lock and the others wait for it and read the same files."""
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from exporters.fhir import FhirSink, NdjsonSink
 from modules.loader import load_library
@@ -14,9 +20,7 @@ from simulator.population import RunConfig, run_population
 from tests.conftest import SYNTHEA_MODULES
 
 
-@pytest.fixture(scope="session")
-def exported(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("fhir")
+def _export(out: Path) -> None:
     modules_dir = SYNTHEA_MODULES if SYNTHEA_MODULES.is_dir() else None
     config = RunConfig(population=200, seed=9, reference_date=dt.date(2024, 6, 30),
                        years_of_history=10, modules_dir=modules_dir, out=out, processes=2)
@@ -26,4 +30,19 @@ def exported(tmp_path_factory) -> Path:
     run_population(config, [FhirSink(end=end, years_of_history=history),
                             NdjsonSink(end=end, years_of_history=history, transaction_time="x")],
                    progress=False)
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory) -> Path:
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        out = tmp_path_factory.mktemp("fhir")
+        _export(out)
+        return out
+    shared = tmp_path_factory.getbasetemp().parent  # the same for every worker
+    out = shared / "fhir-export"
+    done = shared / "fhir-export.done"
+    with FileLock(str(shared / "fhir-export.lock")):
+        if not done.is_file():
+            _export(out)
+            done.touch()
     return out
