@@ -271,8 +271,13 @@ class Consort:
         src = f"{self.source}" + (f" ({self.source_rows} rows, {self.matching_rows} "
                                   "matching the eligibility constraints)"
                                   if self.source_rows is not None else "")
-        out = [f"baseline source: {src}",
-               f"generated: {self.generated}",
+        out = [f"baseline source: {src}"]
+        if self.source_rows is None and self.constraints:
+            # A generator: the constraints were conditions of its draws, not filters.
+            out.append("  drawn conditionally on " + "; ".join(
+                f"{k} in {{{', '.join(v)}}}" if all(isinstance(x, str) for x in v) else f"{k} in [{v[0]:g}, {v[1]:g}]"
+                for k, v in self.constraints.items()))
+        out += [f"generated: {self.generated}",
                f"  not eligible: {self.generated - self.eligible}"]
         out += [f"    {n:6d}  {name}" for name, n in self.not_eligible.most_common()]
         out += [f"eligible: {self.eligible}", f"enrolled: {self.enrolled}"]
