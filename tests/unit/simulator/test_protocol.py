@@ -273,3 +273,19 @@ def test_a_fitted_generator_must_model_every_column_the_baseline_maps():
     assert found == ["p.yaml: baseline.attributes[1] (line 18): column 'karnof' is not among "
                      "the generator's columns (age, cd4, sex); add it to "
                      "baseline.source.fit.columns"]
+
+
+def test_generator_keys_documented_in_the_readme():
+    """The README's learned-arm example is valid and shows every key of a generator fit."""
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    section = readme.split("### Learned arms", 1)[1]
+    fragment = yaml.safe_load(section.split("```yaml", 1)[1].split("```", 1)[0])
+    example = {**yaml.safe_load(MINIMAL), **fragment}
+    p = parse_protocol(yaml.safe_dump(example, sort_keys=False), DATA / "x.yaml")
+    assert p.baseline.source == "fit" and p.modules_dir == DATA / "learned" / "actg320"
+    fit = fragment["baseline"]["source"]["fit"]
+    assert set(fit) == {"dataset", "where", "epsilon", "delta", "seed", "columns", "settings"}
+    specs = fit["columns"].values()
+    assert {k for s in specs if isinstance(s, dict) for k in s} == {"edges", "low", "high",
+                                                                   "bins", "categories"}
+    assert "generator: FOLDER" in section and "file: TABLE" in section
