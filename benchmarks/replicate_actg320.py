@@ -30,11 +30,17 @@ seeds): a real control arm cut to a third of the control arm, drawn from the hal
 never saw, plus the held-out synthetic arm through the commensurate prior
 (:mod:`learned.borrowing`); reported against that third alone (HR, 95% interval width).
 
+Two ablations say where the gap comes from: ``course_only`` (the real control patients'
+own covariates, as a table source, with the DP course: what the course model alone costs)
+and ``nodp`` (both models fitted without privacy: what the privacy costs); keys
+``course_only_...`` and ``nodp_...``.
+
 The protocol's follow-up: accrual uniform over the trial's enrolment period (January 1996 to
 January 1997), at most 365 days each, censored at a data cut-off chosen so that the median
 potential follow-up is the paper's 38 weeks (1997-04-09); no other dropout.
 
-    python benchmarks/replicate_actg320.py [--seeds 20] [--heldout-seeds 20] [--fresh]
+    python benchmarks/replicate_actg320.py [--seeds 20] [--heldout-seeds 20]
+        [--course-only-seeds 10] [--nodp-seeds 10] [--fresh]
 
 Each finished (variant, seed) is appended to ``results/.replicate_actg320_runs.jsonl``, so
 an interrupted run resumes where it stopped. Writes ``results/replicate_actg320.json``
@@ -46,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
@@ -83,7 +90,7 @@ name: ACTG 320 synthetic control (seed {seed})
 seed: {seed}
 arm: {{size: {size}, name: ZDV + 3TC, code: CTRL}}
 baseline:
-  source: {{generator: {generator}}}
+  source: {source}
   age: age
   sex: {{column: sex, values: {{1: M, 2: F}}}}
   attributes: [cd4, karnof]
@@ -118,9 +125,11 @@ def arm(name: str, rows: pd.DataFrame) -> Arm:
                rows[list(COURSE_COVARIATES)].reset_index(drop=True))
 
 
-def synthesize(train_ids: list[str], size: int, seed: int, work: Path, args: argparse.Namespace
-               ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Fit both models on the patients ``train_ids`` and build a synthetic arm of ``size``."""
+def synthesize(train_ids: list[str], size: int, seed: int, work: Path, args: argparse.Namespace,
+               variant: str = "full") -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Fit both models on the patients ``train_ids`` and build a synthetic arm of ``size``.
+    ``course_only``: the real patients' covariates (a table source) with the DP course;
+    ``nodp``: both models fitted without privacy (what DP costs)."""
     from learned.datasets import load_dataset
     from learned.evaluate import select_patients
     from learned.learn import PUBLIC, LearnConfig, learn
@@ -137,13 +146,16 @@ def synthesize(train_ids: list[str], size: int, seed: int, work: Path, args: arg
     train = select_patients(data, train_ids)
     rows = train.baseline.reset_index(drop=True)
     t = time.perf_counter()
+    private = variant != "nodp"
     gen = MixtureGenerator(SCHEMA, MixtureConfig(epochs=args.generator_epochs))
-    gen.fit(rows, epsilon=EPSILON, delta=DELTA, seed=seed, source="ACTG 320 control")
+    gen.fit(rows, epsilon=EPSILON if private else None, delta=DELTA, seed=seed,
+            source="ACTG 320 control")
     gen.save(work / "generator")
+    rows[[c.name for c in SCHEMA.columns]].to_csv(work / "rows.csv", index=False)
     timing["generator_s"] = time.perf_counter() - t
     facts = PUBLIC["actg320"]
     t = time.perf_counter()
-    course = learn(train, LearnConfig(epsilon=EPSILON, delta=DELTA,
+    course = learn(train, LearnConfig(epsilon=EPSILON if private else math.inf, delta=DELTA,
                                       covariates=tuple(facts.covariates[c]
                                                        for c in COURSE_COVARIATES),
                                       bin_days=facts.bin_days, max_bins=facts.bins,
@@ -151,32 +163,41 @@ def synthesize(train_ids: list[str], size: int, seed: int, work: Path, args: arg
                    work / "course", ledger_dir=work / "ledgers", facts=facts, progress=False,
                    echo=lambda _s: None)
     timing["course_s"] = time.perf_counter() - t
-    assert gen.report is not None and gen.report.noise_multiplier is not None
-    spends = [Spend("generator", gen.report.epsilon or EPSILON, DELTA, "rdp",
-                    (Mechanism("DP-SGD", gen.report.noise_multiplier,
-                               float(gen.report.sample_rate or 1.0), gen.report.steps),)),
-              Spend("course", course.epsilon, DELTA, "rdp", tuple(course.training.mechanisms))]
-    total = compose(spends)
+    total = None
+    if private:
+        assert gen.report is not None and gen.report.noise_multiplier is not None
+        total = compose([
+            Spend("generator", gen.report.epsilon or EPSILON, DELTA, "rdp",
+                  (Mechanism("DP-SGD", gen.report.noise_multiplier,
+                             float(gen.report.sample_rate or 1.0), gen.report.steps),)),
+            Spend("course", course.epsilon, DELTA, "rdp", tuple(course.training.mechanisms))])
     path = work / "protocol.yaml"
-    path.write_text(PROTOCOL.format(seed=seed, size=size, generator=work / "generator",
+    source = f"{{file: {work / 'rows.csv'}}}" if variant == "course_only" else \
+        f"{{generator: {work / 'generator'}}}"
+    path.write_text(PROTOCOL.format(seed=seed, size=size, source=source,
                                     modules=work / "course"))
     protocol = load_protocol(path)
     load_extensions(("learned.runtime",))
     library = load_library(protocol.modules_dir)
     programs = cohort_programs(protocol, library, compile_library(library))
     from learned.trial_inputs import generator_source
+    from simulator.cohort import TableSource, read_baseline_table
 
     t = time.perf_counter()
-    result = run_cohort(protocol, generator_source(work / "generator"), programs,
-                        progress=False)
+    baseline = TableSource(read_baseline_table(work / "rows.csv"), "real covariates") \
+        if variant == "course_only" else generator_source(work / "generator")
+    result = run_cohort(protocol, baseline, programs, progress=False)
     timing["cohort_s"] = time.perf_counter() - t
     ep = [s.endpoints["AIDSDTH"] for s in result.subjects]
     synth = pd.DataFrame([{**{c: s.covariates[c] for c in COURSE_COVARIATES},
                            "time": e.value, "event": int(not e.censored)}
                           for s, e in zip(result.subjects, ep, strict=True)])
     c = result.consort
-    info = {"epsilon_generator": gen.report.epsilon, "epsilon_course": course.epsilon,
-            "epsilon_total": total.epsilon, "delta_total": total.delta,
+    assert gen.report is not None
+    info = {"epsilon_generator": gen.report.epsilon,
+            "epsilon_course": course.epsilon if private else None,
+            "epsilon_total": total.epsilon if total else None,
+            "delta_total": total.delta if total else None,
             "generated": c.generated, "eligible": c.eligible, "enrolled": c.enrolled,
             **timing}
     return synth, info
@@ -215,7 +236,7 @@ def run_one(variant: str, seed: int, control: pd.DataFrame, treatment: pd.DataFr
     t0 = time.perf_counter()
     rng = np.random.default_rng([20260, seed])
     ids = control["patient_id"].tolist()
-    if variant == "full":
+    if variant != "heldout":
         train_ids, real = ids, control
     else:
         order = rng.permutation(len(control))
@@ -223,7 +244,7 @@ def run_one(variant: str, seed: int, control: pd.DataFrame, treatment: pd.DataFr
         train_ids = [ids[i] for i in order[:half]]
         real = control.iloc[order[half:]].reset_index(drop=True)
     with tempfile.TemporaryDirectory(prefix="replicate-") as tmp:
-        synth, info = synthesize(train_ids, len(real), seed, Path(tmp), args)
+        synth, info = synthesize(train_ids, len(real), seed, Path(tmp), args, variant)
     out: dict[str, Any] = {"variant": variant, "seed": seed, **info,
                            **compare(synth, real, treatment)}
     if variant == "heldout":
@@ -245,7 +266,8 @@ def summarize(runs: list[dict[str, Any]], control: pd.DataFrame, treatment: pd.D
                hr_trt_vs_real_high=real_hr.high, published_hr=PUBLISHED_HR,
                published_low=PUBLISHED_LOW, published_high=PUBLISHED_HIGH,
                epsilon_per_model=EPSILON, delta_per_model=DELTA, km_horizon_days=HORIZON)
-    for variant, prefix in (("full", ""), ("heldout", "heldout_")):
+    for variant, prefix in (("full", ""), ("heldout", "heldout_"),
+                            ("course_only", "course_only_"), ("nodp", "nodp_")):
         rs = [r for r in runs if r["variant"] == variant]
         if not rs:
             continue
@@ -268,13 +290,15 @@ def summarize(runs: list[dict[str, Any]], control: pd.DataFrame, treatment: pd.D
             f"{prefix}trt_hr_in_published_ci_share": share("trt_hr_in_published_ci"),
             f"{prefix}km_max_gap_median": med("km_max_gap"),
             f"{prefix}synthetic_events_median": med("synthetic_events"),
-            f"{prefix}real_events": rs[0]["real_events"] if variant == "full"
-            else med("real_events"),
-            f"{prefix}epsilon_total_per_arm_median": med("epsilon_total"),
+            f"{prefix}real_events": med("real_events"),
             f"{prefix}seconds_per_seed_median": med("seconds"),
             f"{prefix}eligible_share_median": float(np.median(
                 [r["eligible"] / r["generated"] for r in rs])),
         })
+        if variant != "nodp":
+            # course_only uses the course model alone (the generator is fitted, not used).
+            out[f"{prefix}epsilon_total_per_arm_median"] = med(
+                "epsilon_course" if variant == "course_only" else "epsilon_total")
         if variant == "heldout":
             out.update({
                 "hybrid_seeds": len(rs),
@@ -356,6 +380,10 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=20, help="seeds of the main variant")
     ap.add_argument("--heldout-seeds", type=int, default=20,
                     help="seeds of the held-out and hybrid variants")
+    ap.add_argument("--course-only-seeds", type=int, default=10,
+                    help="seeds of the ablation with the real covariates and the DP course")
+    ap.add_argument("--nodp-seeds", type=int, default=10,
+                    help="seeds of the ablation without privacy")
     ap.add_argument("--generator-epochs", type=int, default=200)
     ap.add_argument("--course-epochs", type=int, default=30)
     ap.add_argument("--fresh", action="store_true",
@@ -377,7 +405,9 @@ def main() -> None:
     elif args.fresh:
         cache.unlink(missing_ok=True)
     todo = [("full", s) for s in range(args.seeds)] + \
-        [("heldout", s) for s in range(args.heldout_seeds)]
+        [("heldout", s) for s in range(args.heldout_seeds)] + \
+        [("course_only", s) for s in range(args.course_only_seeds)] + \
+        [("nodp", s) for s in range(args.nodp_seeds)]
     t0 = time.perf_counter()
     bar = tqdm(todo, desc="replications", unit="seed")
     for variant, seed in bar:
@@ -391,6 +421,10 @@ def main() -> None:
     runs = [done[k] for k in todo]
     figures = summarize(runs, control, treatment)
     figures["wall_seconds_this_invocation"] = time.perf_counter() - t0
+    # The runs' own times, resumed ones included (wall time on a shared machine).
+    figures["seconds_all_runs"] = float(sum(r["seconds"] for r in runs))
+    figures["seconds_full_and_heldout"] = float(sum(r["seconds"] for r in runs
+                                                    if r["variant"] in ("full", "heldout")))
     figures.update({k: v for k, v in settings.items()})
     args.out.write_text(json.dumps(figures, indent=2) + "\n")
     picture(runs, control, treatment, args.out.with_suffix(".png"))
