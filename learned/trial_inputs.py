@@ -118,9 +118,16 @@ def _number(text: str) -> float | None:
         return None
 
 
-def generator_source(folder: Path) -> GeneratorSource:
-    """The generator saved in ``folder`` as a baseline source."""
-    gen = load_generator(folder)
+def generator_source(folder: Path, where: str = "") -> GeneratorSource:
+    """The generator saved in ``folder`` as a baseline source. ``where`` (the protocol
+    file and key) prefixes the ConfigError of a missing or damaged generator."""
+    try:
+        gen = load_generator(folder)
+    except ConfigError as exc:
+        if not where:
+            raise
+        raise ConfigError(f"{where}: cannot load the generator ({exc}); give the folder a "
+                          "generator was saved to (card.json and weights.pt)") from None
     return GeneratorSource(gen, _describe(gen, str(folder)))
 
 

@@ -770,7 +770,7 @@ def _cmd_trial_build(args: argparse.Namespace) -> int:
         from learned.trial_inputs import generator_source
 
         assert b.generator is not None
-        source = generator_source(b.generator)
+        source = generator_source(b.generator, f"{protocol.path}: baseline.source.generator")
         entries.append(card_entry(b.generator, "baseline generator"))
     else:
         from learned.ledger import default_ledger_dir

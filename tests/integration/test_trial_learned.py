@@ -139,3 +139,32 @@ def test_a_fit_over_the_budget_is_refused_before_anything_is_written(setting, ca
     assert "baseline.source.fit" in err and "Traceback" not in err
     assert not out.exists()
     assert {p.name: p.read_text() for p in ledgers.glob("*.json")} == before
+
+
+@pytest.mark.parametrize("case", ["missing generator", "budget without fit", "bad column"])
+def test_bad_generator_input_exits_2_with_one_message(case, tmp_path, capsys):
+    modules = Path(__file__).resolve().parents[1] / "data" / "trial" / "modules"
+    text = PROTOCOL.format(course=modules).replace(
+        "module: stanford_heart, state: waiting", "module: trial_course, state: Randomized"
+    ).replace("modules: [stanford_heart]", "modules: [trial_course]")
+    args: list[object] = []
+    if case == "missing generator":
+        text = text.replace(text[text.index("    fit:"):text.index("  age: age")],
+                            "    generator: gone\n")
+        expect = "baseline.source.generator: cannot load the generator"
+    elif case == "budget without fit":
+        text = text.replace(text[text.index("    fit:"):text.index("  age: age")],
+                            "    generator: gone\n")
+        args = ["--budget", 1]
+        expect = "--budget limits what baseline.source.fit spends"
+    else:
+        text = text.replace("  attributes: [surgery]", "  attributes: [surgery, cd4]")
+        expect = "baseline.attributes[1] (line 18): column 'cd4' is not among the generator's"
+    (tmp_path / "p.yaml").write_text(text)
+    capsys.readouterr()
+    assert run_cli("trial", "build", tmp_path / "p.yaml", "--out", tmp_path / "o",
+                   "--ledger-dir", tmp_path / "ledgers", *args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("carecourse: error:") and expect in err, err
+    assert "Traceback" not in err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "ledgers").exists()
