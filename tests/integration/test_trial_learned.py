@@ -113,6 +113,22 @@ def test_a_dp_baseline_and_dp_course_arm_lists_its_models_and_budget(setting, ca
     assert entry["status"] == "completed" and entry["epsilon"] == 1.0
     assert entry["mechanisms"][0]["noise_multiplier"] == pytest.approx(
         gen["mechanisms"][0]["noise_multiplier"])
+    # The saved generator serves another build as it is: its card (naming its data set)
+    # and the same budget are recorded, and nothing more is charged.
+    again = root / "again.yaml"
+    again.write_text(protocol.read_text().replace(
+        protocol.read_text()[protocol.read_text().index("    fit:"):
+                             protocol.read_text().index("  age: age")],
+        f"    generator: {out / 'generator'}\n"))
+    capsys.readouterr()
+    assert run_cli("trial", "build", again, "--out", root / "arm2", "--ledger-dir", ledgers,
+                   "--no-progress") == 0
+    assert "DP baseline generator " + str(out / "generator") in capsys.readouterr().out
+    second = json.loads((root / "arm2" / "build.json").read_text())["learned"]
+    assert second["models"][0]["sha256"] == gen["sha256"]
+    assert second["models"][0]["fingerprint"] == gen["fingerprint"]
+    assert {p["data"]: p["ledger"]["releases"] for p in second["privacy"]} == {
+        "base": 1, "stanford_heart": 1}
     # The report shows the budget and the cards.
     times = pd.DataFrame({"time": np.linspace(30, 365, 40), "event": [1, 0] * 20,
                           "age": 50.0})
