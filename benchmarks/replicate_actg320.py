@@ -431,6 +431,11 @@ def main() -> None:
     for k, v in figures.items():
         print(f"{k}: {v:.4g}" if isinstance(v, float) and not isinstance(v, bool) else
               f"{k}: {v}")
+    if "epsilon_total_per_arm_median" in figures:
+        print(f"privacy: each model (baseline generator, course) gets epsilon {EPSILON:g} at "
+              f"delta {DELTA:g}; both read the same patients, so one synthetic arm spends "
+              f"their RDP composition, epsilon {figures['epsilon_total_per_arm_median']:.3f} "
+              f"at delta {2 * DELTA:g} (the epsilon is not split)")
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
 
 
