@@ -20,6 +20,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from simulator.engine import Program
 from simulator.person import Person
 from simulator.protocol import Protocol
 
-__all__ = ["BUILD_FILE", "BuildSummary", "build_arm", "read_build"]
+__all__ = ["BUILD_FILE", "BuildSummary", "build_arm", "check_out", "read_build"]
 
 BUILD_FILE = "build.json"
 
@@ -45,9 +46,13 @@ class BuildSummary:
     out: Path
     result: CohortResult
     files: tuple[str, ...]
+    #: build.json's ``learned``: the model cards and the privacy spent per data set.
+    learned: dict[str, Any]
 
 
-def _check_out(out: Path) -> None:
+def check_out(out: Path) -> None:
+    """Refuse an ``out`` that exists and is not an empty folder, or cannot be written
+    beside (OutputError). Called before a build spends anything (a privacy budget)."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise OutputError(f"{out}: already exists and is not an empty folder; choose a new "
                           "--out folder (a build never mixes with other files)")
@@ -61,12 +66,17 @@ def _check_out(out: Path) -> None:
 
 
 def build_arm(protocol: Protocol, source: BaselineSource, programs: dict[str, Program],
-              out: Path, *, learned: dict[str, Any] | None = None,
+              out: Path, *,
+              learned: dict[str, Any] | Callable[[Path], dict[str, Any]] | None = None,
+              attach: Callable[[Path], list[str]] | None = None,
               progress: bool = True) -> BuildSummary:
     """Run the protocol's cohort and write the arm into ``out`` (new or empty).
     ``learned`` records the learned models and privacy budget behind the arm
-    (``{"models": [model card, ...], "privacy": {"epsilon": .., "delta": ..}}``)."""
-    _check_out(out)
+    (``{"models": [model card entry, ...], "privacy": [per data set, ...]}``, see
+    :func:`learned.trial_inputs.learned_record`), or computes it from the build folder
+    being written; ``attach(folder)`` writes further files into that folder (a fitted
+    generator) and returns their names."""
+    check_out(out)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         fhir = TrialFhirWriter(work / "fhir", protocol)
@@ -97,6 +107,10 @@ def build_arm(protocol: Protocol, source: BaselineSource, programs: dict[str, Pr
         text = protocol.path.read_bytes() if protocol.path.is_file() else b""
         (work / "protocol.yaml").write_bytes(text)
         files += ["protocol.yaml", "fhir/"]
+        if attach is not None:
+            files += attach(work)
+        record_learned = (learned(work) if callable(learned) else learned) or \
+            {"models": [], "privacy": []}
         record = {
             "protocol": str(protocol.path), "protocol_sha256": hashlib.sha256(text).hexdigest(),
             "name": protocol.name, "study_id": protocol.study_id, "seed": protocol.seed,
@@ -108,7 +122,7 @@ def build_arm(protocol: Protocol, source: BaselineSource, programs: dict[str, Pr
             "endpoints": [{"paramcd": e.paramcd, "name": e.name, "type": e.kind,
                            "at_days": e.at_days} for e in protocol.endpoints],
             "consort": result.consort.as_dict(),
-            "learned": learned or {"models": [], "privacy": None},
+            "learned": record_learned,
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "files": files,
         }
@@ -119,7 +133,7 @@ def build_arm(protocol: Protocol, source: BaselineSource, programs: dict[str, Pr
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    return BuildSummary(out, result, tuple(files))
+    return BuildSummary(out, result, tuple(files), record_learned)
 
 
 def read_build(folder: Path) -> dict[str, Any]:

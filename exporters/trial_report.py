@@ -63,6 +63,8 @@ def consort_figure(consort: Any, protocol: Any, path: Path) -> None:
     ax.set_axis_off()
     src = consort.source + (f"\n{consort.source_rows} rows, {consort.matching_rows} can "
                             "match the criteria" if consort.source_rows is not None else "")
+    if consort.conditioning():
+        src += f"\n{consort.conditioning()}"
     boxes = [
         (0.5, 0.92, f"Baseline source\n{src}"),
         (0.5, 0.72, f"Generated\nn = {consort.generated}"),

@@ -432,6 +432,9 @@ class BaselineGenerator(ABC):
             raise ConfigError(f"expected a Schema, got {type(schema).__name__}")
         self.schema = schema
         self.report: FitReport | None = None
+        #: What the training data was, for the card (``name``, ``fingerprint``: the key of
+        #: its privacy ledger, ``rows_filter``...); set by whoever fits on a known data set.
+        self.data: dict[str, Any] | None = None
 
     @property
     def fitted(self) -> bool:
@@ -515,9 +518,10 @@ class BaselineGenerator(ABC):
         epsilon, delta, accountant, noise multiplier, clipping norm, epochs and losses."""
         self._check_fitted("describe")
         assert self.report is not None
+        extra = {"data": dict(self.data)} if self.data else {}
         return {"format_version": FORMAT_VERSION, "kind": self.kind,
                 "schema": self.schema.to_dict(), "config": self._config_dict(),
-                "training": asdict(self.report),
+                **extra, "training": asdict(self.report),
                 "public": "schema: bin edges and categories were stated, not read from the "
                           "data; no preprocessing spent privacy budget"}
 
@@ -615,6 +619,7 @@ def load_generator(folder: str | os.PathLike[str]) -> BaselineGenerator:
     training = dict(card.get("training", {}))
     training["losses"] = tuple(training.get("losses", ()))
     gen.report = FitReport(**training)
+    gen.data = dict(card["data"]) if isinstance(card.get("data"), dict) else None
     return gen
 
 
@@ -736,6 +741,20 @@ class MixtureGenerator(BaselineGenerator):
         self.config.check(schema)
         self._outcomes = [schema.names.index(n) for n in self.config.outcomes]
         self._model = self._new_model()
+
+    def privacy_plan(self, rows: int, epsilon: float, delta: float) -> tuple[float, float, int]:
+        """(noise multiplier, sample rate, steps) that :meth:`fit` on ``rows`` rows at
+        ``(epsilon, delta)`` will use: Opacus's own calibration
+        (``get_noise_multiplier``, as ``make_private_with_epsilon`` calls it), so a privacy
+        ledger can be charged with the exact mechanism before the data are read."""
+        from opacus.accountants.utils import get_noise_multiplier
+
+        batch = rows if self.config.batch_size is None else min(self.config.batch_size, rows)
+        sample_rate = 1 / math.ceil(rows / batch)
+        noise = get_noise_multiplier(target_epsilon=epsilon, target_delta=delta,
+                                     sample_rate=sample_rate, epochs=self.config.epochs,
+                                     accountant="rdp")
+        return float(noise), sample_rate, self.config.epochs * math.ceil(rows / batch)
 
     def _new_model(self) -> _Mixture:
         cfg = self.config

@@ -271,6 +271,15 @@ def _trial_parser(sub: argparse._SubParsersAction) -> None:
     tb.add_argument("--out", type=Path, required=True,
                     help="output folder (new or empty): CDISC datasets, FHIR, build record")
     tb.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tb.add_argument("--budget", type=_number(lambda x: x > 0, "a positive epsilon"),
+                    metavar="E",
+                    help="refuse a baseline.source.fit that would take the data set's total "
+                         "epsilon in its privacy ledger past E")
+    tb.add_argument("--ledger-dir", type=Path, metavar="DIR",
+                    help="the folder of privacy ledgers (default: $CARECOURSE_LEDGER_DIR, "
+                         "else ~/.carecourse/ledgers)")
+    tb.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu",
+                    help="where baseline.source.fit trains (default: cpu)")
     tb.set_defaults(func=_cmd_trial_build)
     tc = tsub.add_parser("compare", help="compare a synthetic arm with real arm data; "
                                          "optionally build a hybrid control arm")
@@ -721,33 +730,102 @@ def _print_evaluation(m, out: Path) -> None:
     print(f"  report: {(out / 'report.html').resolve()}")
     print(f"  metrics: {(out / 'metrics.json').resolve()}")
 def _cmd_trial_build(args: argparse.Namespace) -> int:
-    from exporters.trial import build_arm
+    from exporters.trial import build_arm, check_out
+    from modules.extensions import uses_learned_keys
     from modules.loader import load_library
     from simulator.cohort import TableSource, cohort_programs, read_baseline_table
     from simulator.engine import compile_library
+    from simulator.population import load_extensions
     from simulator.protocol import load_protocol
 
     protocol = load_protocol(args.protocol)
     b = protocol.baseline
+    if args.budget is not None and b.source != "fit":
+        raise ConfigError("--budget limits what baseline.source.fit spends; this protocol "
+                          "fits nothing (the budget of learned course models was charged by "
+                          "carecourse learn)")
+    check_out(args.out)
+    library = load_library(protocol.modules_dir)
+    learned_course = any(uses_learned_keys(m.spec) for m in library.modules.values())
+    if learned_course:
+        # Modules derived by carecourse learn: their learned keys run on learned.runtime.
+        load_extensions(("learned.runtime",))
+    programs = cohort_programs(protocol, library, compile_library(library))
+    fitted = None
+    entries: list[dict] = []
+    if b.source in ("generator", "fit") or learned_course:
+        from learned.trial_inputs import card_entry, course_cards
     if b.source == "dataset":
         from learned.datasets import load_dataset
 
         assert b.dataset is not None
         frame = load_dataset(b.dataset).baseline.reset_index(drop=True)
-        name = f"data set {b.dataset}"
-    else:
+        source = TableSource.filtered(frame, f"data set {b.dataset}", b.where,
+                                      replace=b.replace, protocol=protocol)
+    elif b.source == "file":
         assert b.path is not None
-        frame = read_baseline_table(b.path)
-        name = str(b.path)
-    source = TableSource.filtered(frame, name, b.where, replace=b.replace,
-                                  protocol=protocol)
-    library = load_library(protocol.modules_dir)
-    programs = cohort_programs(protocol, library, compile_library(library))
-    summary = build_arm(protocol, source, programs, args.out, progress=not args.no_progress)
+        source = TableSource.filtered(read_baseline_table(b.path), str(b.path), b.where,
+                                      replace=b.replace, protocol=protocol)
+    elif b.source == "generator":
+        from learned.trial_inputs import generator_source
+
+        assert b.generator is not None
+        source = generator_source(b.generator, f"{protocol.path}: baseline.source.generator")
+        entries.append(card_entry(b.generator, "baseline generator"))
+    else:
+        from learned.ledger import default_ledger_dir
+        from learned.trial_inputs import fit_generator
+
+        fitted = fit_generator(protocol, ledger_dir=args.ledger_dir or default_ledger_dir(),
+                               budget=args.budget, device=args.device,
+                               progress=not args.no_progress)
+        source = fitted.source
+    if learned_course:
+        entries += [card_entry(c, "disease course")
+                    for c in course_cards(library, protocol.modules)]
+    attach = learned = None
+    if entries or fitted is not None:
+        from learned.ledger import default_ledger_dir
+        from learned.trial_inputs import learned_record
+
+        ledger_dir = args.ledger_dir or default_ledger_dir()
+
+        def attach(folder: Path) -> list[str]:
+            if fitted is None:
+                return []
+            fitted.source.generator.save(folder / "generator")
+            return ["generator/"]
+
+        def learned(folder: Path) -> dict:
+            found = list(entries)
+            if fitted is not None:
+                e = card_entry(folder / "generator", "baseline generator")
+                e.update(path="generator/card.json", weights="generator/weights.pt")
+                found.insert(0, e)
+            return learned_record(found, ledger_dir=ledger_dir)
+
+    summary = build_arm(protocol, source, programs, args.out, learned=learned, attach=attach,
+                        progress=not args.no_progress)
+    if fitted is not None:
+        fitted.ledger.complete(fitted.spend.id, [str(args.out / "generator")])
     print(f"Built {protocol.arm.name!r} of {protocol.name} ({protocol.study_id}): "
           f"{summary.result.consort.enrolled} patients")
     for line in summary.result.consort.lines():
         print(f"  {line}")
+    if summary.learned["models"]:
+        for m in summary.learned["models"]:
+            eps = m["epsilon"]
+            print(f"  model ({m['role']}): {m['path']}, epsilon "
+                  f"{'none (no privacy)' if eps is None else f'{eps:.3g}'}, delta {m['delta']}")
+        for p in summary.learned["privacy"]:
+            line = (f"  privacy spent on {p['data']}: epsilon {p['epsilon']:.3g} "
+                    f"(added: {p['epsilon_added']:.3g}), delta {p['delta']:.3g}"
+                    if p["epsilon"] != "inf" else f"  {p['data']}: used WITHOUT privacy")
+            if "ledger" in p:
+                line += (f"; the ledger's total over {p['ledger']['releases']} release(s): "
+                         f"epsilon {p['ledger']['epsilon']:.3g}"
+                         if p["ledger"]["epsilon"] != "inf" else "")
+            print(line)
     print(f"  output: {args.out.resolve()} ({', '.join(summary.files)})")
     return 0
 
@@ -819,7 +897,7 @@ def _cmd_trial_compare(args: argparse.Namespace) -> int:
     context = {"title": f"{record['name']}: synthetic control arm against real data",
                "build": record, "consort": record["consort"], "endpoint": endpoint,
                "comparison": comparison, "hybrid": hybrid,
-               "learned": record.get("learned") or {"models": [], "privacy": None},
+               "learned": record.get("learned") or {"models": [], "privacy": []},
                "real_file": str(args.real),
                "treatment_file": str(args.treatment) if args.treatment else ""}
     render_report(context, images, out / "report.html")

@@ -266,13 +266,25 @@ class Consort:
                 "not_eligible": dict(self.not_eligible), "follow_up": dict(self.follow_up),
                 "constraints": self.constraints}
 
+    def conditioning(self) -> str:
+        """For an endless source (a generator), the conditions its draws were made on
+        (the constraints are conditions of the draws there, not filters of rows); else
+        empty."""
+        if self.source_rows is not None or not self.constraints:
+            return ""
+        return "drawn conditionally on " + "; ".join(
+            f"{k} in {{{', '.join(v)}}}" if all(isinstance(x, str) for x in v)
+            else f"{k} in [{v[0]:g}, {v[1]:g}]" for k, v in self.constraints.items())
+
     def lines(self) -> list[str]:
         """The counts as the command line prints them."""
         src = f"{self.source}" + (f" ({self.source_rows} rows, {self.matching_rows} "
                                   "matching the eligibility constraints)"
                                   if self.source_rows is not None else "")
-        out = [f"baseline source: {src}",
-               f"generated: {self.generated}",
+        out = [f"baseline source: {src}"]
+        if self.conditioning():
+            out.append(f"  {self.conditioning()}")
+        out += [f"generated: {self.generated}",
                f"  not eligible: {self.generated - self.eligible}"]
         out += [f"    {n:6d}  {name}" for name, n in self.not_eligible.most_common()]
         out += [f"eligible: {self.eligible}", f"enrolled: {self.enrolled}"]

@@ -48,6 +48,9 @@ __all__ = [
     "ColumnMap",
     "BaselineItem",
     "BaselineSpec",
+    "SchemaColumn",
+    "GeneratorFit",
+    "GENERATOR_SETTINGS",
     "ArmSpec",
     "Protocol",
     "Constraint",
@@ -213,13 +216,54 @@ class BaselineItem:
     vital_sign: str | None = None
 
 
+#: Settings of the DP baseline generator a protocol may give (``baseline.source.fit.settings``;
+#: the fields of ``learned.baseline.MixtureConfig``) and whether each is a whole number.
+GENERATOR_SETTINGS: dict[str, bool] = {
+    "components": True, "epochs": True, "lr": False, "max_grad_norm": False,
+    "scale": False, "head_scale": False, "weight_decay": False, "init_std": False,
+    "batch_size": True,
+}
+
+
 @dataclass(frozen=True)
-class BaselineSpec:
-    """Where baseline covariates come from and what each column means."""
+class SchemaColumn:
+    """A column of the DP baseline generator's public schema: numeric with bin ``edges``
+    (the first and last are its bounds), or categorical with its ``categories``. Stated
+    in the protocol, never read from the data."""
+
+    name: str
+    edges: tuple[float, ...] = ()
+    categories: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GeneratorFit:
+    """Fit the DP baseline generator at build time: on a table (``path``) or a built-in
+    data set's baseline covariates (``dataset``), the rows ``where`` keeps, at
+    ``(epsilon, delta)`` with one patient as the privacy unit, on the stated ``columns``."""
 
     source: Literal["file", "dataset"]
+    path: Path | None
+    dataset: str | None
+    where: Mapping[str, frozenset[str]]
+    epsilon: float
+    delta: float
+    columns: tuple[SchemaColumn, ...]
+    settings: Mapping[str, float] = field(default_factory=dict)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class BaselineSpec:
+    """Where baseline covariates come from and what each column means: rows of a table or
+    a data set (``file``, ``dataset``), or new patients from the DP baseline generator,
+    saved (``generator``: its folder) or fitted by the build (``fit``)."""
+
+    source: Literal["file", "dataset", "generator", "fit"]
     path: Path | None = None
     dataset: str | None = None
+    generator: Path | None = None
+    fit: GeneratorFit | None = None
     where: Mapping[str, frozenset[str]] = field(default_factory=dict)
     replace: bool = False
     #: A column that identifies rows in the source; never a covariate.
@@ -562,31 +606,47 @@ class _Validator:
                          ("source", "age", "sex"))
         if m is None:
             return None
-        src = self.mapping(m.get("source"), f"{where}.source", ("file", "dataset", "where"))
+        src = self.mapping(m.get("source"), f"{where}.source",
+                           ("file", "dataset", "where", "generator", "fit"))
         kind: str | None = None
-        path = dataset = None
+        path = dataset = generator = None
+        fit: GeneratorFit | None = None
         where_filter: dict[str, frozenset[str]] = {}
         if src is not None:
-            if ("file" in src) == ("dataset" in src):
+            given = [k for k in ("file", "dataset", "generator", "fit") if k in src]
+            if len(given) != 1:
                 self.err(f"{where}.source", "give exactly one of 'file: PATH' (CSV or "
-                                            "Parquet) or 'dataset: NAME' (a built-in data set)")
+                                            "Parquet), 'dataset: NAME' (a built-in data set), "
+                                            "'generator: FOLDER' (a fitted DP baseline "
+                                            "generator) or 'fit: {...}' (fit one at build time)")
             elif "file" in src:
-                f = self.string(src["file"], f"{where}.source.file")
-                if f is not None:
-                    kind = "file"
-                    path = Path(f) if Path(f).is_absolute() else self.path.parent / f
-            else:
+                path = self.relative_path(src["file"], f"{where}.source.file")
+                kind = "file" if path is not None else None
+            elif "dataset" in src:
                 dataset = self.string(src["dataset"], f"{where}.source.dataset")
                 kind = "dataset" if dataset else None
-            w = src.get("where")
-            if w is not None:
-                if not isinstance(w, dict) or not w:
-                    self.err(f"{where}.source.where", "must map columns to a value or a "
-                                                      "list of values, e.g. {tx: 0}")
+            elif "generator" in src:
+                generator = self.relative_path(src["generator"], f"{where}.source.generator")
+                kind = "generator" if generator is not None else None
+            else:
+                fit = self.generator_fit(src["fit"], f"{where}.source.fit")
+                kind = "fit" if fit is not None else None
+            if "where" in src:
+                if kind in ("generator", "fit") or "generator" in src or "fit" in src:
+                    self.err(f"{where}.source.where", "'where' keeps rows of a table; a "
+                                                      "generator draws new patients (put "
+                                                      "'where' inside 'fit:' to fit on some "
+                                                      "rows, and eligibility criteria to "
+                                                      "condition the draws)")
                 else:
-                    for col, val in w.items():
-                        vals = val if isinstance(val, list) else [val]
-                        where_filter[str(col)] = frozenset(_text(x) for x in vals)
+                    where_filter = self.where_filter(src["where"], f"{where}.source.where")
+        generated = src is not None and ("generator" in src or "fit" in src)
+        if generated and m.get("replace") is not None:
+            self.err(f"{where}.replace", "'replace' goes with a table or data set source; a "
+                                         "generator draws new patients: remove it")
+        if generated and m.get("id") is not None:
+            self.err(f"{where}.id", "a generator's patients have no row ids in a source: "
+                                    "remove 'id'")
         replace = self.boolean(m.get("replace"), f"{where}.replace", False)
         id_col = self.string(m.get("id"), f"{where}.id", default=None)
         age = self.string(m.get("age"), f"{where}.age") if "age" in m else None
@@ -623,14 +683,158 @@ class _Validator:
                              if (it := self.baseline_item(x, p, "observation")) is not None)
         vitals = tuple(it for p, x in self.items(m.get("vital_signs"), f"{where}.vital_signs")
                        if (it := self.baseline_item(x, p, "vital")) is not None)
+        if fit is not None:
+            self.fit_columns(fit, where, age, sex, race, eth, attributes,
+                             [*coded["conditions"], *coded["medications"], *observations,
+                              *vitals])
         if kind is None or age is None or sex is None:
             return None
         return BaselineSpec(source=kind, path=path, dataset=dataset,  # type: ignore[arg-type]
-                            where=where_filter, replace=replace, id=id_col, age=age, sex=sex,
+                            generator=generator, fit=fit, where=where_filter, replace=replace, id=id_col, age=age, sex=sex,
                             race=race,
                             ethnicity=eth, attributes=attributes,
                             conditions=coded["conditions"], medications=coded["medications"],
                             observations=observations, vital_signs=vitals)
+
+    def relative_path(self, v: Any, where: str) -> Path | None:
+        """A path from the protocol, relative to the protocol file's folder."""
+        s = self.string(v, where)
+        if s is None:
+            return None
+        return Path(s) if Path(s).is_absolute() else self.path.parent / s
+
+    def where_filter(self, w: Any, where: str) -> dict[str, frozenset[str]]:
+        if not isinstance(w, dict) or not w:
+            self.err(where, "must map columns to a value or a list of values, e.g. {tx: 0}")
+            return {}
+        return {str(col): frozenset(_text(x) for x in (val if isinstance(val, list)
+                                                       else [val]))
+                for col, val in w.items()}
+
+    def privacy_number(self, v: Any, where: str, *, high: float) -> float | None:
+        """epsilon or delta: YAML 1.1 reads ``1e-5`` (no dot) as text, so numeric text is
+        taken as the number it spells."""
+        if isinstance(v, str):
+            try:
+                v = float(v)
+            except ValueError:
+                pass
+        if isinstance(v, float) and math.isinf(v):
+            self.err(where, "must be a finite number: what a trial build fits is "
+                            "differentially private (e.g. epsilon: 1.0)")
+            return None
+        x = self.number(v, where, low=0, high=high)
+        if x is not None and x <= 0:
+            self.err(where, "must be larger than 0")
+            return None
+        return x
+
+    def generator_fit(self, v: Any, where: str) -> GeneratorFit | None:
+        m = self.mapping(v, where, ("file", "dataset", "where", "epsilon", "delta", "columns",
+                                    "settings", "seed"), ("epsilon", "columns"))
+        if m is None:
+            return None
+        path = dataset = None
+        if ("file" in m) == ("dataset" in m):
+            self.err(where, "give exactly one of 'file: PATH' or 'dataset: NAME': the real "
+                            "data the generator learns from")
+        elif "file" in m:
+            path = self.relative_path(m["file"], f"{where}.file")
+        else:
+            dataset = self.string(m["dataset"], f"{where}.dataset")
+        rows = self.where_filter(m["where"], f"{where}.where") if "where" in m else {}
+        eps = self.privacy_number(m["epsilon"], f"{where}.epsilon", high=1e6) \
+            if "epsilon" in m else None
+        delta = self.privacy_number(m.get("delta", 1e-5), f"{where}.delta", high=0.999)
+        seed = 0
+        if "seed" in m:
+            s = self.number(m["seed"], f"{where}.seed", low=0, integer=True)
+            seed = int(s) if s is not None else 0
+        columns: list[SchemaColumn] = []
+        cols = m.get("columns")
+        if "columns" in m and (not isinstance(cols, dict) or not cols):
+            self.err(f"{where}.columns", "must map each column to its public bins or "
+                                         "categories, e.g. {age: {low: 18, high: 80, bins: 6}, "
+                                         "sex: [1, 2]}")
+        elif isinstance(cols, dict):
+            for name, spec in cols.items():
+                col = self.schema_column(str(name), spec, f"{where}.columns.{name}")
+                if col is not None:
+                    columns.append(col)
+        settings: dict[str, float] = {}
+        if m.get("settings") is not None:
+            st = self.mapping(m["settings"], f"{where}.settings", tuple(GENERATOR_SETTINGS))
+            for k, x in (st or {}).items():
+                if k in GENERATOR_SETTINGS:
+                    n = self.number(x, f"{where}.settings.{k}", low=0,
+                                    integer=GENERATOR_SETTINGS[k])
+                    if n is not None:
+                        settings[k] = int(n) if GENERATOR_SETTINGS[k] else n
+        if eps is None or delta is None or (path is None and dataset is None) or not columns:
+            return None
+        return GeneratorFit("file" if path is not None else "dataset", path, dataset, rows,
+                            eps, delta, tuple(columns), settings, seed)
+
+    def schema_column(self, name: str, v: Any, where: str) -> SchemaColumn | None:
+        """``[A, B, ...]`` or ``{categories: [...]}``: categorical; ``{edges: [...]}`` or
+        ``{low, high, bins}``: numeric."""
+        if isinstance(v, list):
+            v = {"categories": v}
+        m = self.mapping(v, where, ("categories", "edges", "low", "high", "bins"))
+        if m is None:
+            return None
+        kinds = [k for k in ("categories", "edges", "low") if k in m]
+        if len(kinds) != 1 or ("low" in m) != ("high" in m):
+            self.err(where, "give one of 'categories: [...]', 'edges: [...]' (bin edges, "
+                            "increasing) or 'low:, high:' (with 'bins:', default 10)")
+            return None
+        if "categories" in m:
+            cats = [_text(x) for x in m["categories"]] if isinstance(m["categories"], list) \
+                else []
+            if not cats or len(set(cats)) != len(cats):
+                self.err(f"{where}.categories", "must be a non-empty list of distinct values")
+                return None
+            return SchemaColumn(name, categories=tuple(cats))
+        if "edges" in m:
+            raw = m["edges"] if isinstance(m["edges"], list) else []
+            edges = [self.number(x, f"{where}.edges[{i}]") for i, x in enumerate(raw)]
+            if len(raw) < 2:
+                self.err(f"{where}.edges", "must list at least two bin edges")
+                return None
+            if None in edges:
+                return None
+            if any(b <= a for a, b in zip(edges[:-1], edges[1:], strict=True)):  # type: ignore[operator]
+                self.err(f"{where}.edges", "must increase strictly")
+                return None
+            return SchemaColumn(name, edges=tuple(float(e) for e in edges))  # type: ignore[arg-type]
+        low = self.number(m["low"], f"{where}.low")
+        high = self.number(m["high"], f"{where}.high")
+        bins = self.number(m.get("bins", 10), f"{where}.bins", low=1, high=1000, integer=True)
+        if low is None or high is None or bins is None:
+            return None
+        if not high > low:
+            self.err(f"{where}.high", f"must be above low ({low:g})")
+            return None
+        k = int(bins)
+        return SchemaColumn(name, edges=tuple(low + (high - low) * i / k for i in range(k + 1)))
+
+    def fit_columns(self, fit: GeneratorFit, where: str, age: str | None,
+                    sex: ColumnMap | None, race: ColumnMap | None, eth: ColumnMap | None,
+                    attributes: tuple[str, ...] | None,
+                    items: list[BaselineItem]) -> None:
+        """Every column the baseline maps must be one the generator models."""
+        have = {c.name for c in fit.columns}
+        need = [("age", age), ("sex", sex.column if sex else None),
+                ("race", race.column if race else None),
+                ("ethnicity", eth.column if eth else None)]
+        need += [(f"attributes[{i}]", a) for i, a in enumerate(attributes or ())]
+        need += [("conditions/medications/observations/vital_signs", it.column)
+                 for it in items]
+        for key, col in need:
+            if col is not None and col not in have:
+                self.err(f"{where}.{key}" if "/" not in key else f"{where}.source.fit.columns",
+                         f"column {col!r} is not among the generator's columns "
+                         f"({', '.join(sorted(have))}); add it to {where}.source.fit.columns")
 
     def baseline_item(self, v: Any, where: str, kind: str) -> BaselineItem | None:
         if kind == "coded":

@@ -64,7 +64,7 @@ def test_files_and_record(built):
                      "dm.xpt", "fhir", "protocol.yaml"]
     record = json.loads((out / "build.json").read_text())
     assert record["consort"]["enrolled"] == 40 and record["primary_endpoint"] == "PFS"
-    assert record["learned"] == {"models": [], "privacy": None}
+    assert record["learned"] == {"models": [], "privacy": []}
     assert (out / "protocol.yaml").read_bytes() == (DATA / "protocol.yaml").read_bytes()
     with pytest.raises(OutputError, match="not an empty folder"):
         build_arm(p, None, {}, out, progress=False)  # type: ignore[arg-type]

@@ -192,3 +192,100 @@ def test_an_age_constraint_never_excludes_an_eligible_age(op, q, x):
     assert r is not None
     if _OPS[op](math.floor(x), q):
         assert r[0] <= x <= r[1]
+
+
+FIT = MINIMAL.replace("baseline: {source: {file: rows.csv}, age: age, sex: sex}", """\
+baseline:
+  source:
+    fit:
+      dataset: actg320
+      where: {tx: 0}
+      epsilon: 1
+      delta: 1e-5
+      seed: 4
+      columns:
+        age: {edges: [16, 30, 45, 80]}
+        cd4: {low: 0, high: 400, bins: 8}
+        sex: [1, 2]
+      settings: {epochs: 20, components: 4, lr: 0.1}
+  age: age
+  sex: {column: sex, values: {1: M, 2: F}}
+  attributes: [cd4]""")
+
+
+def test_a_generator_fitted_by_the_build():
+    p = parse_protocol(FIT, DATA / "x.yaml")
+    b = p.baseline
+    assert b.source == "fit" and b.fit is not None and b.generator is None
+    f = b.fit
+    assert (f.source, f.dataset, f.epsilon, f.delta, f.seed) == ("dataset", "actg320", 1.0,
+                                                                 1e-5, 4)
+    assert f.where == {"tx": frozenset({"0"})}
+    age, cd4, sex = f.columns
+    assert age.edges == (16.0, 30.0, 45.0, 80.0) and not age.categories
+    assert cd4.edges == tuple(50.0 * i for i in range(9))  # low..high in 8 equal bins
+    assert sex.categories == ("1", "2") and not sex.edges
+    assert f.settings == {"epochs": 20, "components": 4, "lr": 0.1}
+
+
+def test_a_saved_generator_is_a_folder_relative_to_the_protocol():
+    p = parse_protocol(MINIMAL.replace("source: {file: rows.csv}",
+                                       "source: {generator: models/baseline}"),
+                       DATA / "x.yaml")
+    assert p.baseline.source == "generator" and p.baseline.generator == DATA / "models" / \
+        "baseline"
+
+
+def test_every_generator_problem_at_once_with_yaml_path_and_line():
+    bad = (FIT.replace("epsilon: 1", "epsilon: .inf").replace("delta: 1e-5", "delta: 2")
+           .replace("[16, 30, 45, 80]", "[16, 10]").replace("bins: 8", "bins: 0")
+           .replace("sex: [1, 2]", "sex: []").replace("epochs: 20", "epochs: 2.5, bogus: 1")
+           .replace("  attributes: [cd4]", "  attributes: [cd4]\n  replace: true\n  id: pid"))
+    found = problems(bad)
+    expected = [
+        "baseline.source.fit.epsilon (line 8): must be a finite number",
+        "baseline.source.fit.delta (line 9): must be between 0 and 0.999, got 2",
+        "baseline.source.fit.columns.age.edges (line 12): must increase strictly",
+        "baseline.source.fit.columns.cd4.bins (line 13): must be between 1 and 1000, got 0",
+        "baseline.source.fit.columns.sex.categories (line 14): must be a non-empty list",
+        "baseline.source.fit.settings.bogus (line 15): unknown key 'bogus'",
+        "baseline.source.fit.settings.epochs (line 15): must be a whole number",
+        "baseline.replace (line 19): 'replace' goes with a table or data set source",
+        "baseline.id (line 20): a generator's patients have no row ids",
+    ]
+    assert len(found) == len(expected), found
+    for want, got in zip(expected, found, strict=True):
+        assert got.startswith("p.yaml: ") and want in got, (want, got)
+
+
+@pytest.mark.parametrize("change, expected", [
+    ("source: {file: rows.csv}", "source: {file: rows.csv, generator: g}"),
+    ("source: {file: rows.csv}", "source: {generator: g, where: {tx: 0}}"),
+])
+def test_a_generator_source_is_one_of_the_kinds_and_draws_new_patients(change, expected):
+    found = problems(MINIMAL.replace(change, expected))
+    assert any("baseline.source" in f and ("exactly one of" in f or "'where' keeps rows" in f)
+               for f in found), found
+
+
+def test_a_fitted_generator_must_model_every_column_the_baseline_maps():
+    found = problems(FIT.replace("attributes: [cd4]", "attributes: [cd4, karnof]"))
+    assert found == ["p.yaml: baseline.attributes[1] (line 18): column 'karnof' is not among "
+                     "the generator's columns (age, cd4, sex); add it to "
+                     "baseline.source.fit.columns"]
+
+
+def test_generator_keys_documented_in_the_readme():
+    """The README's learned-arm example is valid and shows every key of a generator fit."""
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    section = readme.split("### Learned arms", 1)[1]
+    fragment = yaml.safe_load(section.split("```yaml", 1)[1].split("```", 1)[0])
+    example = {**yaml.safe_load(MINIMAL), **fragment}
+    p = parse_protocol(yaml.safe_dump(example, sort_keys=False), DATA / "x.yaml")
+    assert p.baseline.source == "fit" and p.modules_dir == DATA / "learned" / "actg320"
+    fit = fragment["baseline"]["source"]["fit"]
+    assert set(fit) == {"dataset", "where", "epsilon", "delta", "seed", "columns", "settings"}
+    specs = fit["columns"].values()
+    assert {k for s in specs if isinstance(s, dict) for k in s} == {"edges", "low", "high",
+                                                                   "bins", "categories"}
+    assert "generator: FOLDER" in section and "file: TABLE" in section
