@@ -13,6 +13,13 @@
 - Cox proportional-hazards hazard ratios with Wald 95% CIs (lifelines): synthetic vs real
   control, and, given a real treatment arm, treatment vs synthetic control next to
   treatment vs real control.
+- Censoring matched to the real arm (:func:`match_censoring`): each synthetic subject is
+  also censored at a time drawn from the real arm's censoring distribution, its
+  "reverse" Kaplan-Meier estimate (censoring counted as the event; Schemper and Smith,
+  Control Clin Trials 1996;17:343-346), so both arms have the same follow-up to have
+  events in. A protocol's stated accrual and cut-off need not give the real trial's
+  follow-up, and where the synthetic hazard differs from the real one the arm followed
+  longer collects the difference for longer.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from modules.errors import ConfigError, DataError, Problem
 
 __all__ = ["Arm", "TableRow", "SurvivalSummary", "HazardRatio", "Comparison", "smd_continuous",
            "smd_categorical", "table_one", "km_summary", "km_max_gap", "cox_hazard_ratio",
-           "compare_arms", "categorical_columns", "read_real_arm", "read_synthetic_arm",
+           "compare_arms", "match_censoring", "categorical_columns", "read_real_arm", "read_synthetic_arm",
            "fit_cox"]
 
 
@@ -315,6 +322,46 @@ def cox_hazard_ratio(arm: Arm, reference: Arm) -> HazardRatio:
     p = math.erfc(abs(b / se) / math.sqrt(2.0))  # two-sided Wald test, as lifelines'
     return HazardRatio(arm.name, reference.name, math.exp(b), math.exp(b - 1.959964 * se),
                        math.exp(b + 1.959964 * se), p, b, se)
+
+
+def match_censoring(synthetic: Arm, real: Arm, seed: int | np.random.Generator = 0) -> Arm:
+    """``synthetic`` censored as ``real`` is: each subject draws a censoring time C from
+    the real arm's reverse Kaplan-Meier curve (the distribution of the time to censoring,
+    events counted as censored for it) and keeps an event only if it happened by C, else
+    is censored at C (or keeps its own censoring, when earlier). Where the real curve ends
+    above 0 (follow-up past its last time), that share draws no censoring. The result is
+    as long as ``synthetic``, same order and covariates; seeded, so reproducible.
+
+    The synthetic arm should be followed at least as long as the real one (a protocol
+    without a data cut-off): censoring already applied cannot be undone, and applying
+    both censors the synthetic arm more than the real (its hazard is still estimated
+    without bias, as censoring is independent of the event here, but with fewer events).
+    This reads the real arm's censoring times: it belongs to the comparison, made by
+    whoever holds the real data, not to a synthetic arm that is released."""
+    if synthetic.weights is not None:
+        raise ConfigError("censoring is matched on an unweighted synthetic arm")
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    t = np.asarray(real.time, dtype=float)
+    censored = 1 - np.asarray(real.event, dtype=int)
+    # Reverse Kaplan-Meier: at each distinct time, the share of those still followed
+    # who are censored then. Events at a tied time count as still followed past it
+    # (the usual convention: an event at t precedes a censoring at t).
+    times = np.unique(t[censored == 1])
+    if len(times) == 0:  # nobody was censored: nothing to match
+        return Arm(synthetic.name, np.array(synthetic.time, dtype=float),
+                   np.array(synthetic.event, dtype=int), synthetic.covariates)
+    at_risk = np.array([(t >= x).sum() for x in times], dtype=float)
+    lost = np.array([((t == x) & (censored == 1)).sum() for x in times], dtype=float)
+    still = np.cumprod(1.0 - lost / at_risk)  # P(C > times[i])
+    u = rng.random(synthetic.n)
+    # C is the first time at which the curve drops to u or below; none when it never does.
+    idx = np.searchsorted(-still, -u, side="left")
+    c = np.where(idx < len(times), times[np.minimum(idx, len(times) - 1)], np.inf)
+    time = np.asarray(synthetic.time, dtype=float)
+    event = np.asarray(synthetic.event, dtype=int)
+    keep = time <= c
+    return Arm(synthetic.name, np.where(keep, time, c), np.where(keep, event, 0),
+               synthetic.covariates)
 
 
 def compare_arms(synthetic: Arm, real: Arm, treatment: Arm | None = None, *,

@@ -307,6 +307,12 @@ def _trial_parser(sub: argparse._SubParsersAction) -> None:
     tc.add_argument("--horizon", type=float, metavar="DAYS",
                     help="horizon of the largest Kaplan-Meier gap (default: the shorter "
                          "follow-up)")
+    tc.add_argument("--match-censoring", action="store_true",
+                    help="censor the synthetic arm as the real control arm is censored "
+                         "(times drawn from its reverse Kaplan-Meier curve) before comparing; "
+                         "build the arm without a data cut-off for this")
+    tc.add_argument("--seed", type=int, default=0,
+                    help="seed of --match-censoring's draws (default: 0)")
     tc.add_argument("--spike", type=float, default=0.5,
                     help="hybrid: prior probability that the arms are commensurate (0.5)")
     tc.add_argument("--slab-scale", type=float, default=1.0,
@@ -732,8 +738,7 @@ def _print_evaluation(m, out: Path) -> None:
 def _cmd_trial_build(args: argparse.Namespace) -> int:
     from exporters.trial import build_arm, check_out
     from modules.extensions import uses_learned_keys
-    from modules.loader import load_library
-    from simulator.cohort import TableSource, cohort_programs, read_baseline_table
+    from simulator.cohort import TableSource, cohort_programs, protocol_library, read_baseline_table
     from simulator.engine import compile_library
     from simulator.population import load_extensions
     from simulator.protocol import load_protocol
@@ -745,7 +750,7 @@ def _cmd_trial_build(args: argparse.Namespace) -> int:
                           "fits nothing (the budget of learned course models was charged by "
                           "carecourse learn)")
     check_out(args.out)
-    library = load_library(protocol.modules_dir)
+    library = protocol_library(protocol)
     learned_course = any(uses_learned_keys(m.spec) for m in library.modules.values())
     if learned_course:
         # Modules derived by carecourse learn: their learned keys run on learned.runtime.
@@ -841,7 +846,7 @@ def _cmd_trial_compare(args: argparse.Namespace) -> int:
                           "'carecourse[trial]'")
 
     from exporters.trial_report import km_figure, render_report, smd_figure, write_atomic
-    from learned.arms import compare_arms, read_real_arm, read_synthetic_arm
+    from learned.arms import compare_arms, match_censoring, read_real_arm, read_synthetic_arm
     from learned.borrowing import commensurate_borrowing, hybrid_weights
 
     if args.hybrid and args.treatment is None:
@@ -852,6 +857,8 @@ def _cmd_trial_compare(args: argparse.Namespace) -> int:
     real = read_real_arm(args.real, "real control", **cols)
     treatment = read_real_arm(args.treatment, "real treatment", **cols) \
         if args.treatment is not None else None
+    if args.match_censoring:
+        synthetic = match_censoring(synthetic, real, args.seed)
     covariates = [c.strip() for c in args.covariates.split(",")] if args.covariates else None
     hybrid = None
     extra = {}
@@ -880,7 +887,9 @@ def _cmd_trial_compare(args: argparse.Namespace) -> int:
                "max_abs_smd": comparison.max_abs_smd, "hr_synth_vs_real": h.hr,
                "hr_synth_vs_real_low": h.low, "hr_synth_vs_real_high": h.high,
                "ci_contains_1": h.ci_contains_1, "logrank_p": comparison.logrank_p,
-               "km_max_gap": comparison.km_max_gap, "horizon_days": comparison.horizon}
+               "km_max_gap": comparison.km_max_gap, "horizon_days": comparison.horizon,
+               "censoring_matched": bool(args.match_censoring),
+               "synthetic_events": synthetic.events, "real_events": real.events}
     for s in comparison.survival:
         figures[f"median_{s.arm.replace(' ', '_')}"] = s.median
     for key, hr in (("trt_vs_real", comparison.treatment_vs_real),

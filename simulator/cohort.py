@@ -32,7 +32,7 @@ import pandas as pd
 import simpy
 
 from modules.errors import ConfigError, DataError, Problem, SimulationError
-from modules.loader import ModuleLibrary
+from modules.loader import ModuleLibrary, load_library
 from simulator import facts
 from simulator.demographics import sample_demographics
 from simulator.engine import ModuleRun, Program, run_module
@@ -59,6 +59,7 @@ __all__ = [
     "Consort",
     "CohortResult",
     "cohort_programs",
+    "protocol_library",
     "run_cohort",
 ]
 
@@ -340,6 +341,20 @@ class _Probe:
         self.state_name = what
         self.last_seq: dict[str, int] = {}
         self.last_exit: dict[str, float | None] = {}
+
+
+def protocol_library(protocol: Protocol) -> ModuleLibrary:
+    """The module library the protocol's standard of care runs on
+    (``standard_of_care.modules_dir``, or the built-in library when the key is absent).
+    A folder that does not exist raises ConfigError naming the protocol file and the key:
+    the library loader alone could name only the folder."""
+    d = protocol.modules_dir
+    if d is not None and not d.is_dir():
+        raise ConfigError(f"{protocol.path}: standard_of_care.modules_dir: module library "
+                          f"folder not found: {d} (a relative path is read from the "
+                          "protocol's folder); give an existing folder of GMF modules, or "
+                          "leave the key out for the built-in library")
+    return load_library(d)
 
 
 def cohort_programs(protocol: Protocol, library: ModuleLibrary,

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from learned.arms import read_synthetic_arm
 from simulator.cli import main
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "trial"
@@ -79,6 +80,26 @@ def test_build_then_compare_with_a_hybrid_analysis(arm, capsys):
     assert "<script" not in html
 
 
+def test_compare_with_the_real_arms_censoring(arm):
+    """A real arm followed at most 100 days: matched to it, the synthetic arm (followed a
+    year) keeps only the events of its first 100 days at most."""
+    tmp, out = arm
+    real = real_arm(tmp / "real-short.csv", 120, 300.0, 3)
+    rows = pd.read_csv(real)
+    c = np.random.default_rng(4).uniform(0.0, 100.0, len(rows))
+    rows.assign(event=np.where(rows.time <= c, rows.event, 0),
+                time=np.minimum(rows.time, c)).to_csv(real, index=False)
+    report = tmp / "report-matched"
+    assert run_cli("trial", "compare", "--synthetic", out, "--real", real, "--match-censoring",
+                   "--seed", "5", "--out", report) == 0
+    figures = json.loads((report / "compare.json").read_text())
+    assert figures["censoring_matched"]
+    assert figures["real_events"] == pd.read_csv(real)["event"].sum()
+    synthetic, _record, _paramcd = read_synthetic_arm(out)
+    early = int(((synthetic.time < 100.0) & (synthetic.event == 1)).sum())
+    assert figures["synthetic_events"] <= early < synthetic.events
+
+
 def test_a_built_in_data_sets_control_arm_as_the_baseline_source(tmp_path, capsys):
     path = protocol_copy(tmp_path, 60, **{
         "source: {file:": "source: {dataset: actg320, where: {tx: 0}}\n  #",
@@ -96,8 +117,8 @@ def test_a_built_in_data_sets_control_arm_as_the_baseline_source(tmp_path, capsy
                                  "AMERICAN INDIAN OR ALASKA NATIVE"}
 
 
-@pytest.mark.parametrize("case", ["protocol", "module", "state", "out", "hybrid", "real",
-                                  "synthetic"])
+@pytest.mark.parametrize("case", ["protocol", "module", "modules_dir", "state", "out",
+                                  "hybrid", "real", "synthetic"])
 def test_bad_input_exits_2_with_one_message(case, arm, tmp_path, capsys):
     tmp, out = arm
     if case == "protocol":
@@ -109,6 +130,14 @@ def test_bad_input_exits_2_with_one_message(case, arm, tmp_path, capsys):
         args = ["trial", "build", protocol_copy(tmp_path, 5, **{
             "modules: [trial_course]": "modules: [trial_course, nope]"}), "--out", tmp_path / "o"]
         expect = "standard_of_care.modules: no module 'nope'"
+    elif case == "modules_dir":
+        path = protocol_copy(tmp_path, 5)
+        path.write_text(path.read_text().replace(f"modules_dir: {DATA / 'modules'}",
+                                                 "modules_dir: no-such-library"))
+        args = ["trial", "build", path, "--out", tmp_path / "o"]
+        # the protocol file and its key, and the folder as resolved from the file's folder
+        expect = (f"{path}: standard_of_care.modules_dir: module library folder not found: "
+                  f"{tmp_path / 'no-such-library'}")
     elif case == "state":
         args = ["trial", "build", protocol_copy(tmp_path, 5, **{"state: Randomized":
                                                                 "state: Randomised"}),

@@ -16,6 +16,7 @@ from learned.arms import (
     cox_hazard_ratio,
     km_max_gap,
     km_summary,
+    match_censoring,
     read_real_arm,
     smd_categorical,
     smd_continuous,
@@ -130,3 +131,50 @@ def test_a_separated_cox_model_is_a_clear_error():
     none = Arm("b", np.array([10.0, 20.0, 30.0]), np.zeros(3))
     with pytest.raises(ConfigError, match="a against b has no finite estimate"):
         cox_hazard_ratio(events, none)
+
+
+def _observed(rng: np.random.Generator, n: int, mean: float, low: float, high: float
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exponential times to event, uniform censoring on (low, high): (time, event, C)."""
+    t = rng.exponential(mean, n)
+    c = rng.uniform(low, high, n)
+    return np.minimum(t, c), (t <= c).astype(int), c
+
+
+def test_matched_censoring_draws_the_real_arms_censoring_distribution():
+    """The real arm's censoring law (known here: uniform on 50-350 days, independent of
+    the events) is recovered by the reverse Kaplan-Meier curve from the observed arm, and
+    the synthetic arm, followed uncensored to 400 days, is censored by it: its censoring
+    times follow that law within the DKW band, and its event share is the real arm's."""
+    rng = np.random.default_rng(7)
+    n = 3000
+    time, event, _c = _observed(rng, n, 200.0, 50.0, 350.0)
+    real = Arm("real", time, event)
+    t = rng.exponential(200.0, n)
+    synthetic = Arm("synthetic", np.minimum(t, 400.0), (t <= 400.0).astype(int),
+                    pd.DataFrame({"x": np.arange(n)}))
+    matched = match_censoring(synthetic, real, seed=1)
+    assert matched.n == n and matched.covariates["x"].tolist() == list(range(n))
+    assert np.all(matched.time <= synthetic.time) and np.all(matched.event <= synthetic.event)
+    # a kept event keeps its time
+    assert np.array_equal(matched.time[matched.event == 1], synthetic.time[matched.event == 1])
+    # Who is censored before 350 days: every synthetic subject draws C < 350, so those
+    # censored are those whose event came later; their C are uniform on 50-350 given
+    # C < T. The share censored by day d among all draws, estimated without the event
+    # times, is F(d) = (d - 50) / 300: check it through the reverse KM of the matched arm.
+    k = KaplanMeierFitter().fit(matched.time, 1 - matched.event)
+    grid = np.arange(60.0, 341.0, 10.0)
+    f = 1.0 - k.survival_function_at_times(grid).to_numpy()
+    # DKW at alpha 1e-3 for n draws, widened to twice for the reverse-KM's own error
+    band = 2 * math.sqrt(math.log(2 / 1e-3) / (2 * n))
+    assert np.max(np.abs(f - (grid - 50.0) / 300.0)) < band
+    # same event law and same censoring: the event shares agree within 4 standard errors
+    p = (matched.events + real.events) / (2 * n)
+    assert abs(matched.events - real.events) / n < 4 * math.sqrt(2 * p * (1 - p) / n)
+
+
+def test_matched_censoring_without_censoring_in_the_real_arm_changes_nothing():
+    real = Arm("real", np.array([10.0, 20.0, 30.0]), np.array([1, 1, 1]))
+    synthetic = Arm("synthetic", np.array([5.0, 50.0, 400.0]), np.array([1, 1, 0]))
+    matched = match_censoring(synthetic, real, seed=3)
+    assert matched.time.tolist() == [5.0, 50.0, 400.0] and matched.event.tolist() == [1, 1, 0]
