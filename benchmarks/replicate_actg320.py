@@ -143,8 +143,13 @@ def build_arm(work: Path, seed: int, size: int, variant: str = "full",
     """The synthetic arm of the models fitted in ``work`` (see :func:`synthesize`): its
     subjects' covariates, ``time`` and ``event``, and the cohort's CONSORT counts."""
     from learned.trial_inputs import generator_source
-    from modules.loader import load_library
-    from simulator.cohort import TableSource, cohort_programs, read_baseline_table, run_cohort
+    from simulator.cohort import (
+        TableSource,
+        cohort_programs,
+        protocol_library,
+        read_baseline_table,
+        run_cohort,
+    )
     from simulator.engine import compile_library
     from simulator.population import load_extensions
     from simulator.protocol import load_protocol
@@ -157,7 +162,7 @@ def build_arm(work: Path, seed: int, size: int, variant: str = "full",
                                     cutoff=f"  data_cutoff: {cutoff}\n" if cutoff else ""))
     protocol = load_protocol(path)
     load_extensions(("learned.runtime",))
-    library = load_library(protocol.modules_dir)
+    library = protocol_library(protocol)
     programs = cohort_programs(protocol, library, compile_library(library))
     baseline = TableSource(read_baseline_table(work / "rows.csv"), "real covariates") \
         if variant == "course_only" else generator_source(work / "generator")
