@@ -3,7 +3,9 @@ them, reporting every problem at once with file, state and JSON path.
 
 A *library* is a folder: top-level modules are the ``*.json`` files directly in it;
 submodules live in subfolders and are named by their path without ``.json``
-(``medications/statin``); lookup tables are ``lookup_tables/*.csv``.
+(``medications/statin``); lookup tables are ``lookup_tables/*.csv``; an optional
+``module_deaths.csv`` says how much of the background mortality the modules cause
+(see :mod:`modules.mortality`).
 
 >>> from modules.loader import load_library
 >>> lib = load_library()                       # the embedded default library
@@ -32,6 +34,7 @@ from modules.gmf import (
     transition_key,
 )
 from modules.lookup import LookupTable, load_lookup_table
+from modules.mortality import DEATHS_FILE, DeathShare, load_death_shares
 
 __all__ = [
     "Module",
@@ -80,6 +83,8 @@ class ModuleLibrary:
     modules: dict[str, Module]
     lookup_tables: dict[str, LookupTable] = field(default_factory=dict)
     warnings: list[Problem] = field(default_factory=list)
+    # top-level module key -> its deaths as shares of the life table's (module_deaths.csv)
+    death_shares: dict[str, tuple[DeathShare, ...]] = field(default_factory=dict)
 
     def top_level(self) -> list[str]:
         return sorted(k for k, m in self.modules.items() if not m.is_submodule)
@@ -354,8 +359,14 @@ def validate_library(root: Path | str) -> tuple[ModuleLibrary, list[Problem], li
     tables, table_problems = _load_tables(root, modules)
     errors = [p for sev, p in found if sev == ERROR] + table_problems
     warnings = [p for sev, p in found if sev == WARNING]
-    return ModuleLibrary(root=root, modules=modules, lookup_tables=tables, warnings=warnings), \
-        errors, warnings
+    shares: dict[str, tuple[DeathShare, ...]] = {}
+    if (root / DEATHS_FILE).is_file():
+        tops = {k for k, m in modules.items() if not m.is_submodule}
+        shares, share_errors, share_warnings = load_death_shares(root / DEATHS_FILE, tops)
+        errors += share_errors
+        warnings += share_warnings
+    return ModuleLibrary(root=root, modules=modules, lookup_tables=tables, warnings=warnings,
+                         death_shares=shares), errors, warnings
 
 
 def load_library(root: Path | str | None = None, *, lenient: bool = False) -> ModuleLibrary:
@@ -416,7 +427,7 @@ def validate_paths(paths: list[Path | str]) -> tuple[int, list[Problem], list[Pr
             seen_roots[root] = validate_library(root)
         lib, errs, warns = seen_roots[root]
         if p.is_dir():
-            wanted = {str(m.path) for m in lib.modules.values()}
+            wanted = {str(m.path) for m in lib.modules.values()} | {str(root / DEATHS_FILE)}
             count += len(_scan(root))
         else:
             wanted = {str(p.resolve())}

@@ -18,6 +18,7 @@ from typing import Any
 from modules.errors import ModuleError, SimulationError
 from modules.gmf import normalize_condition_type, transition_key
 from modules.loader import Module, ModuleLibrary
+from modules.mortality import DeathShare
 from simulator.person import Person
 from simulator.record import Code, Encounter, Entry
 from simulator.states import TERMINAL, CompiledState, compile_state
@@ -33,13 +34,16 @@ _MAX_INSTANT_STEPS = 100_000
 class Program:
     """A module compiled for execution."""
 
-    __slots__ = ("key", "name", "states", "initial")
+    __slots__ = ("key", "name", "states", "initial", "death_shares")
 
-    def __init__(self, key: str, name: str, states: dict[str, CompiledState]) -> None:
+    def __init__(self, key: str, name: str, states: dict[str, CompiledState],
+                 death_shares: tuple[DeathShare, ...] = ()) -> None:
         self.key = key
         self.name = name
         self.states = states
         self.initial = states["Initial"]
+        # the module's deaths as shares of the life table's, taken out of background mortality
+        self.death_shares = death_shares
 
 
 def compile_module(module: Module, library: ModuleLibrary | None) -> Program:
@@ -319,7 +323,10 @@ def _skip_loop(state: CompiledState) -> None:
 
 def compile_library(library: ModuleLibrary) -> dict[str, Program]:
     """Programs for every module of a library, by key."""
-    return {key: compile_module(m, library) for key, m in library.modules.items()}
+    programs = {key: compile_module(m, library) for key, m in library.modules.items()}
+    for key, shares in library.death_shares.items():
+        programs[key].death_shares = shares
+    return programs
 
 
 class Shared:
@@ -358,11 +365,11 @@ class ModuleRun:
     """One patient's progress through one module (or submodule)."""
 
     __slots__ = ("person", "env", "program", "module_name", "ctx", "state_name", "last_seq",
-                 "last_exit", "history", "hooks", "programs", "top")
+                 "last_exit", "history", "hooks", "programs", "top", "top_key")
 
     def __init__(self, person: Person, program: Program, programs: dict[str, Program],
                  hooks: Any = None, *, ctx: Shared | None = None, module_name: str | None = None,
-                 keep_history: bool = False, top: bool = True) -> None:
+                 keep_history: bool = False, top: bool = True, top_key: str | None = None) -> None:
         self.person = person
         self.env = person.env
         self.program = program
@@ -375,6 +382,8 @@ class ModuleRun:
         self.history: list[list[Any]] | None = [] if keep_history else None
         self.hooks = hooks
         self.top = top
+        # the top-level module this run belongs to: deaths are attributed to it
+        self.top_key = top_key or program.key
 
     def enter(self, name: str, t: float) -> None:
         ctx = self.ctx
@@ -390,13 +399,15 @@ class ModuleRun:
             self.history[-1][2] = t
 
     def die(self, when: float, cause: tuple[Code, ...]) -> None:
+        p = self.person
+        before = p.death
         if self.hooks is not None:
-            self.hooks.die(self.person, when, cause)
-        else:
-            p = self.person
-            if p.death is None or when < p.death:
-                p.death = when
-                p.death_cause = cause
+            self.hooks.die(p, when, cause)
+        elif p.death is None or when < p.death:
+            p.death = when
+            p.death_cause = cause
+        if p.death != before:
+            p.death_module = self.top_key
 
 
 def run_module(run: ModuleRun) -> Generator[Any, Any, bool]:
@@ -438,7 +449,7 @@ def run_module(run: ModuleRun) -> Generator[Any, Any, bool]:
                                       f"{state.submodule!r} is not in the module library") from None
             sub = ModuleRun(person, sub_program, run.programs, run.hooks, ctx=run.ctx,
                             module_name=run.module_name, keep_history=run.history is not None,
-                            top=False)
+                            top=False, top_key=run.top_key)
             finished = yield from run_module(sub)
             run.last_seq.update(sub.last_seq)
             run.last_exit.update(sub.last_exit)

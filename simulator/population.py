@@ -129,7 +129,9 @@ def simulate_patient(index: int, config: RunConfig, programs: dict[str, Program]
     person.env = env
     end = config.end
     stop = env.event()
-    life = Lifecycle(person, env, end, stop)
+    # background mortality without the deaths the running modules cause themselves
+    shares = tuple(d for key in top for d in programs[key].death_shares)
+    life = Lifecycle(person, env, end, stop, shares)
     life.start()
     for key in top:
         run = ModuleRun(person, programs[key], programs, life, keep_history=keep_history)

@@ -1,6 +1,8 @@
 """The embedded module library: every module validates, each one's key states are reached
 at a plausible rate in a small population, and the records read like a real practice's
-(no drug before its reason is diagnosed, no pregnancy for men, nothing after death)."""
+(no drug, procedure or visit before its reason is diagnosed, no pregnancy for men, no prostate
+cancer or PSA for women and no mammography for men, hospice only in a terminal illness,
+nothing after death)."""
 
 from __future__ import annotations
 
@@ -39,8 +41,26 @@ KEY_CONDITIONS = [
     ("copd", {"13645005"}, 0.03, 0.20),
     ("depression", {"36923009", "66344007"}, 0.10, 0.45),
     ("anxiety", {"21897009"}, 0.02, 0.20),
+    # incidence figures of the module remarks (SEER, Lawrence 2008, NHANES, Manly 2022) over
+    # the years these patients lived past 40
+    ("dementia", {"26929004", "429998004", "52448006"}, 0.01, 0.15),
+    ("osteoarthritis", {"239873007", "239872002", "201834006"}, 0.12, 0.55),
+    ("osteoporosis", {"64859006"}, 0.01, 0.15),
+    ("breast_cancer", {"254837009"}, 0.005, 0.06),
+    ("lung_cancer", {"254637007", "254632001"}, 0.002, 0.04),
+    ("colorectal_cancer", {"363406005", "363351006"}, 0.002, 0.04),
+    ("prostate_cancer", {"399068003"}, 0.005, 0.08),
+]
+# modules whose key states are procedures: (module, procedure codes, plausible share)
+KEY_PROCEDURES = [
+    ("end_of_life", {"713603004"}, 0.08, 0.60),  # advance care planning
 ]
 PREGNANCY = {"72892002", "77386006"}  # Normal pregnancy, Pregnancy (finding)
+WOMEN_ONLY = {"254837009": "breast cancer", "24623002": "screening mammography",
+              "241055006": "diagnostic mammography"}
+MEN_ONLY = {"399068003": "prostate cancer", "2857-1": "PSA", "65575008": "prostate biopsy",
+            "90470006": "prostatectomy"}
+CANCER_DEATHS = {"254637007", "254632001", "254837009", "363406005", "363351006", "399068003"}
 
 
 @pytest.fixture(scope="module")
@@ -57,18 +77,25 @@ def test_every_module_validates():
 
 def test_every_top_level_module_is_exercised():
     library, _errors, _warnings = validate_library(default_library_path())
-    tested = {m for m, *_ in KEY_CONDITIONS} | {"wellness_encounters"}
+    tested = {m for m, *_ in KEY_CONDITIONS + KEY_PROCEDURES} | {"wellness_encounters"}
     assert set(library.top_level()) <= tested
 
 
-@pytest.mark.parametrize(("module", "codes", "low", "high"), KEY_CONDITIONS,
-                         ids=[m for m, *_ in KEY_CONDITIONS])
-def test_key_condition_is_reached_at_a_plausible_rate(population, module, codes, low, high):
-    n = len(population)
-    hits = sum(1 for p in population if any(c.codes[0].code in codes for c in p.record.conditions))
+def _within_binomial(hits: int, n: int, low: float, high: float) -> bool:
     slack_low = 4 * math.sqrt(n * low * (1 - low))
     slack_high = 4 * math.sqrt(n * high * (1 - high))
-    assert n * low - slack_low <= hits <= n * high + slack_high, (module, hits, n)
+    return n * low - slack_low <= hits <= n * high + slack_high
+
+
+KEY_STATES = [("conditions", *c) for c in KEY_CONDITIONS] + [("procedures", *p) for p in KEY_PROCEDURES]
+
+
+@pytest.mark.parametrize(("kind", "module", "codes", "low", "high"), KEY_STATES,
+                         ids=[m for _, m, *_ in KEY_STATES])
+def test_key_state_is_reached_at_a_plausible_rate(population, kind, module, codes, low, high):
+    n = len(population)
+    hits = sum(1 for p in population if any(e.codes[0].code in codes for e in getattr(p.record, kind)))
+    assert _within_binomial(hits, n, low, high), (module, hits, n)
 
 
 def test_no_medication_before_its_reason_is_diagnosed(population):
@@ -79,6 +106,48 @@ def test_no_medication_before_its_reason_is_diagnosed(population):
         for m in p.record.medications:
             if m.reason is not None:
                 assert onset.get(m.reason.code, math.inf) <= m.start + 1e-9, (m.state, m.reason)
+
+
+def test_no_procedure_care_plan_or_visit_before_its_reason_is_diagnosed(population):
+    for p in population:
+        onset: dict[str, float] = {}
+        for c in p.record.conditions:
+            onset[c.codes[0].code] = min(onset.get(c.codes[0].code, math.inf), c.start)
+        for kind in ("procedures", "careplans", "encounters"):
+            for e in getattr(p.record, kind):
+                reasons = e.reasons if kind == "careplans" else (e.reason,) if e.reason else ()
+                for r in reasons:
+                    assert onset.get(r.code, math.inf) <= e.start + 1e-9, (kind, e.state, r)
+
+
+def test_sex_specific_cancers_and_screening(population):
+    for p in population:
+        rec = p.record
+        codes = {e.codes[0].code for kind in ("conditions", "procedures", "observations")
+                 for e in getattr(rec, kind)}
+        wrong = MEN_ONLY if p.gender == "F" else WOMEN_ONLY
+        assert not codes & set(wrong), (p.gender, [wrong[c] for c in codes & set(wrong)])
+
+
+def test_cancer_deaths_follow_a_diagnosis_and_hospice_a_terminal_illness(population):
+    hospice = [p for p in population if any(e.encounter_class == "hospice" for e in p.record.encounters)]
+    for p in population:
+        if p.death is not None and p.death_cause and p.death_cause[0].code in CANCER_DEATHS:
+            onset = min(c.start for c in p.record.conditions if c.codes[0].code == p.death_cause[0].code)
+            assert onset < p.death
+    for p in hospice:
+        first = min(e.start for e in p.record.encounters if e.encounter_class == "hospice")
+        assert p.attributes.get("terminal_illness") is not None
+        assert first < (p.death if p.death is not None else math.inf)
+        # hospice comes in the last weeks of life (a terminal phase lasts 2-12 weeks)
+        assert p.death is None or p.death - first <= 7 * 13
+
+
+def test_two_in_three_terminal_patients_enroll_in_hospice(population):
+    terminal = [p for p in population if p.attributes.get("terminal_illness") is not None]
+    enrolled = sum(1 for p in terminal if any(e.encounter_class == "hospice" for e in p.record.encounters))
+    assert terminal, "some patients aged 40-90 should reach a terminal phase"
+    assert _within_binomial(enrolled, len(terminal), 0.65, 0.65), (enrolled, len(terminal))
 
 
 def test_no_pregnancy_for_men(population):
@@ -95,6 +164,16 @@ def test_nothing_after_death(population):
         for kind in rec.__slots__:
             for e in getattr(rec, kind):
                 assert e.start <= p.death + 1e-9, (kind, e.state)
+
+
+def test_smoking_raises_lung_cancer(population):
+    # current smokers have 20 times and former smokers 6 times the draw of never smokers
+    def share(people):
+        lung = {"254637007", "254632001"}
+        return sum(1 for p in people if any(c.codes[0].code in lung for c in p.record.conditions)) / len(people)
+    ever = [p for p in population if p.attributes.get("smoker") or "quit smoking age" in p.attributes]
+    never = [p for p in population if p not in ever]
+    assert share(ever) > share(never)
 
 
 def test_shared_attributes_link_the_modules(population):
