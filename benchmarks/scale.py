@@ -27,18 +27,20 @@ DEFAULT_MODULES = HERE.parent.parent / "shared" / "synthea" / "modules"
 
 def main() -> None:
     from exporters.fhir import FhirSink
-    from simulator.cluster import run_on_dask
+    from simulator.cluster import default_partition_size, run_on_dask
     from simulator.population import RunConfig, run_population
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--patients", type=int, default=1000)
     ap.add_argument("--modules-dir", type=Path, default=DEFAULT_MODULES)
-    ap.add_argument("--partition-size", type=int, default=50)
+    ap.add_argument("--partition-size", type=int, default=None,
+                    help="patients per partition (default: what carecourse run uses)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "scale.json")
     args = ap.parse_args()
     if not args.modules_dir.is_dir():
         sys.exit(f"{args.modules_dir}: module library not found (pass --modules-dir)")
-    figures: dict[str, float | int | str] = {"patients": args.patients,
+    size = args.partition_size or default_partition_size(args.patients)
+    figures: dict[str, float | int | str] = {"patients": args.patients, "partition_size": size,
                                              "modules_dir": str(args.modules_dir),
                                              "export": "fhir", "cores": os.cpu_count() or 0}
     with tempfile.TemporaryDirectory() as tmp:
@@ -56,7 +58,7 @@ def main() -> None:
         c2 = config("dask")
         t = time.perf_counter()
         run_on_dask(c2, [FhirSink(years_of_history=10, end=c2.end)], workers=2,
-                    partition_size=args.partition_size, progress=True)
+                    partition_size=size, progress=True)
         two = args.patients / (time.perf_counter() - t)
         print(f"2 Dask workers:  {two:6.2f} patients/s")
     figures["patients_per_second_1_process"] = round(one, 2)

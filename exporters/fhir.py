@@ -30,7 +30,8 @@ from modules.errors import ConfigError, OutputError
 from simulator.person import Person
 from simulator.record import Code, Entry, Observation
 
-__all__ = ["FhirSink", "NdjsonSink", "SYSTEMS", "patient_resources", "provider_resources"]
+__all__ = ["FhirSink", "NdjsonSink", "SYSTEMS", "PROVIDER_FILES", "SHARED_FILES", "STUDY_FILE",
+           "patient_resources", "provider_resources", "transaction_bundle"]
 
 #: GMF code system names -> FHIR system URIs.
 SYSTEMS = {
@@ -70,6 +71,84 @@ _OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 _ALLERGY_CATEGORY = {"food", "medication", "environment", "biologic"}
 _OBS_CATEGORIES = {"social-history", "vital-signs", "imaging", "laboratory", "procedure",
                    "survey", "exam", "therapy", "activity"}
+
+# Profiles carecourse declares: US Core 5.0.1 (http://hl7.org/fhir/us/core/STU5.0.1), and for
+# vital signs also FHIR R4's own vital-sign profiles, which every vital-sign Observation
+# must meet (R4 observation-vitalsigns.html). Each meta is built once and shared.
+_R4 = "http://hl7.org/fhir/StructureDefinition/"
+
+
+def _meta(*profiles: str) -> dict[str, list[str]]:
+    return {"profile": [p if p.startswith("http") else _US_CORE + p for p in profiles]}
+
+
+#: Vital-sign LOINC code -> meta: the specific US Core profile and R4 profile for it (the
+#: codes of US Core's and R4's vital-sign value sets). Other "vital-signs" observations
+#: (pain scores, intraocular pressure...) have no vital-sign profile and declare none.
+_VITAL_META = {code: _meta(us_core, _R4 + r4) for code, us_core, r4 in (
+    # R4's bp profile discriminates its component slices by a nested coding slice, which the
+    # validator the tests use (Medplum) cannot match; its parent vitalsigns is declared.
+    ("85354-9", "us-core-blood-pressure", "vitalsigns"),
+    ("39156-5", "us-core-bmi", "bmi"),
+    ("8302-2", "us-core-body-height", "bodyheight"),
+    ("29463-7", "us-core-body-weight", "bodyweight"),
+    ("8310-5", "us-core-body-temperature", "bodytemp"),
+    ("9843-4", "us-core-head-circumference", "headcircum"),
+    ("8867-4", "us-core-heart-rate", "heartrate"),
+    ("9279-1", "us-core-respiratory-rate", "resprate"),
+    ("2708-6", "us-core-pulse-oximetry", "oxygensat"),
+    ("59408-5", "us-core-pulse-oximetry", "oxygensat"),
+    ("59576-9", "pediatric-bmi-for-age", "vitalsigns"),
+    ("77606-2", "pediatric-weight-for-height", "vitalsigns"),
+    ("8289-1", "head-occipital-frontal-circumference-percentile", "vitalsigns"),
+)}
+# US Core's pulse-oximetry profile wants both codes: SpO2 by pulse oximetry (59408-5) and
+# arterial oxygen saturation (2708-6), which records of vital signs use for the same value.
+_PULSE_OX = ({"system": SYSTEMS["LOINC"], "code": "59408-5",
+              "display": "Oxygen saturation in Arterial blood by Pulse oximetry"},
+             {"system": SYSTEMS["LOINC"], "code": "2708-6",
+              "display": "Oxygen saturation in Arterial blood"})
+#: Observation category -> meta, where US Core 5.0.1 has a profile for the category.
+_CATEGORY_META = {
+    "laboratory": _meta("us-core-observation-lab"),
+    "survey": _meta("us-core-observation-survey"),
+    "imaging": _meta("us-core-observation-imaging"),
+    "social-history": _meta("us-core-observation-social-history"),
+}
+#: Social-history LOINC codes with a profile of their own.
+_SOCIAL_META = {
+    "72166-2": _meta("us-core-smokingstatus"),
+    "76690-7": _meta("us-core-observation-sexual-orientation"),
+}
+_PROBLEM_META = _meta("us-core-condition-problems-health-concerns")
+_DIAGNOSIS_META = _meta("us-core-condition-encounter-diagnosis")
+_PROBLEM_CATEGORY = [{"coding": [{
+    "system": "http://terminology.hl7.org/CodeSystem/condition-category",
+    "code": "problem-list-item", "display": "Problem List Item"}]}]
+_DIAGNOSIS_CATEGORY = [{"coding": [{
+    "system": "http://terminology.hl7.org/CodeSystem/condition-category",
+    "code": "encounter-diagnosis", "display": "Encounter Diagnosis"}]}]
+#: SNOMED CT devices that are implanted (descendants of 40388003 |Implant, device|), the
+#: only ones declared as US Core implantable devices; other devices (wheelchairs,
+#: nebulizers, glucose meters...) declare no profile.
+_IMPLANTABLE = frozenset({
+    "14106009",   # Cardiac pacemaker, device
+    "706004007",  # Implantable cardiac pacemaker
+    "72506001",   # Implantable defibrillator, device
+    "360064003",  # Ventricular assist device
+    "360066001",  # Left ventricular assist device
+    "705991002",  # Mechanical cardiac valve prosthesis
+    "860577005",  # Aortic valve bioprosthesis
+    "705643001",  # Coronary artery stent
+    "468063009",  # Coated coronary artery stent
+    "304120007",  # Total hip replacement prosthesis
+    "86184003",   # Knee joint prosthesis
+    "43252007",   # Cochlear prosthesis
+    "469008001",  # Intrauterine contraceptive device (copper)
+    "268460000",  # Intrauterine device
+})
+_IMPLANTABLE_META = _meta("us-core-implantable-device")
+_MEDICATION_META = _meta("us-core-medication")
 
 
 def _coding(c: Code) -> dict[str, str]:
@@ -214,19 +293,22 @@ def patient_resources(person: Person, *, end: float | None = None, years_of_hist
         cid = entry_id(seed, "condition", i)
         cond_ids[id(c)] = cid
         active = c.stop is None
+        enc = enc_ref(c)
+        # A condition still active at the end of the record belongs on the problem list; a
+        # resolved one is the diagnosis of the encounter that recorded it (a problem-list
+        # item when no exported encounter did).
+        diagnosis = bool(enc) and not active
         r = {
             "resourceType": "Condition", "id": cid,
-            "meta": {"profile": [_US_CORE + "us-core-condition-encounter-diagnosis"]},
+            "meta": _DIAGNOSIS_META if diagnosis else _PROBLEM_META,
             "clinicalStatus": {"coding": [{
                 "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
                 "code": "active" if active else "resolved"}]},
             "verificationStatus": {"coding": [{
                 "system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
                 "code": "confirmed"}]},
-            "category": [{"coding": [{
-                "system": "http://terminology.hl7.org/CodeSystem/condition-category",
-                "code": "encounter-diagnosis", "display": "Encounter Diagnosis"}]}],
-            "code": _cc(c.codes), "subject": patient_ref, **enc_ref(c),
+            "category": _DIAGNOSIS_CATEGORY if diagnosis else _PROBLEM_CATEGORY,
+            "code": _cc(c.codes), "subject": patient_ref, **enc,
             "onsetDateTime": ts(c.start), "recordedDate": ts(c.start),
         }
         if not active:
@@ -303,8 +385,8 @@ def patient_resources(person: Person, *, end: float | None = None, years_of_hist
         med_id = med_ids.get(code)
         if med_id is None:  # one Medication resource per drug the patient was given
             med_id = med_ids[code] = entry_id(seed, f"drug:{code}", 0)
-            out.append({"resourceType": "Medication", "id": med_id, "status": "active",
-                        "code": _cc(m.codes)})
+            out.append({"resourceType": "Medication", "id": med_id, "meta": _MEDICATION_META,
+                        "status": "active", "code": _cc(m.codes)})
         r = {
             "resourceType": "MedicationRequest", "id": entry_id(seed, "medication", i),
             "meta": {"profile": [_US_CORE + "us-core-medicationrequest"]},
@@ -399,12 +481,11 @@ def patient_resources(person: Person, *, end: float | None = None, years_of_hist
     for i, d in enumerate(rec.devices):
         if not kept(d):
             continue
-        r = {
-            "resourceType": "Device", "id": entry_id(seed, "device", i),
-            "meta": {"profile": [_US_CORE + "us-core-implantable-device"]},
-            "status": "active" if d.stop is None else "inactive",
-            "type": _cc(d.codes), "patient": patient_ref,
-        }
+        r = {"resourceType": "Device", "id": entry_id(seed, "device", i)}
+        if d.codes and d.codes[0].code in _IMPLANTABLE:
+            r["meta"] = _IMPLANTABLE_META
+        r.update({"status": "active" if d.stop is None else "inactive",
+                  "type": _cc(d.codes), "patient": patient_ref})
         if d.manufacturer:
             r["manufacturer"] = d.manufacturer
         if d.model:
@@ -601,10 +682,17 @@ def _observation(o: Observation, oid: str, patient_ref: dict[str, str], enc: dic
         "code": _cc(o.codes), "subject": patient_ref, **enc,
         "effectiveDateTime": ts(o.start), "issued": _instant(ts(o.start)),
     }
+    code = o.codes[0].code if o.codes else ""
     if category == "vital-signs":
-        r["meta"] = {"profile": ["http://hl7.org/fhir/StructureDefinition/vitalsigns"]}
-    elif category == "laboratory":
-        r["meta"] = {"profile": [_US_CORE + "us-core-observation-lab"]}
+        meta = _VITAL_META.get(code)
+        if meta is not None and code in ("2708-6", "59408-5"):
+            r["code"] = {"coding": list(_PULSE_OX), "text": r["code"].get("text", "")}
+    elif category == "social-history":
+        meta = _SOCIAL_META.get(code) or _CATEGORY_META["social-history"]
+    else:
+        meta = _CATEGORY_META.get(category)
+    if meta is not None:
+        r["meta"] = meta
     value = _value(o) if o.value is not None else {}
     if o.components:
         comps = []
@@ -713,6 +801,11 @@ def _all_providers(bulk: bool = False) -> dict[str, list[dict[str, Any]]]:
 
 
 PROVIDER_FILES = ("hospitalInformation.json", "practitionerInformation.json")
+#: A trial arm's ResearchStudy bundle (``carecourse trial build``), which its subjects'
+#: ResearchSubject resources refer to conditionally.
+STUDY_FILE = "researchStudy.json"
+#: Bundles that patient bundles refer to conditionally: uploaded first, in this order.
+SHARED_FILES = (*PROVIDER_FILES, STUDY_FILE)
 
 
 def provider_bundle_files() -> list[tuple[str, bytes]]:

@@ -45,7 +45,7 @@ import httpx
 import orjson
 import tenacity
 
-from exporters.fhir import PROVIDER_FILES, patient_bundle_file, provider_bundle_files
+from exporters.fhir import SHARED_FILES, patient_bundle_file, provider_bundle_files
 from modules.errors import CarecourseError, ConfigError
 
 __all__ = ["JOURNAL_NAME", "TOKEN_ENV", "Journal", "ServerOptions", "UploadError", "UploadSink",
@@ -229,8 +229,8 @@ def bundle_folder(path: Path) -> tuple[Path, Path]:
 
 def _ordered_files(folder: Path) -> list[Path]:
     files = sorted(p for p in folder.glob("*.json") if not p.name.startswith("."))
-    first = [folder / n for n in PROVIDER_FILES if (folder / n).is_file()]
-    rest = [p for p in files if p.name not in PROVIDER_FILES]
+    first = [folder / n for n in SHARED_FILES if (folder / n).is_file()]
+    rest = [p for p in files if p.name not in SHARED_FILES]
     if not rest and not first:
         hint = (" (it has ndjson/: bulk files are for a server's $import, which this command "
                 "does not do)" if (folder.parent / "ndjson").is_dir() else "")
@@ -536,9 +536,10 @@ def upload_folder(path: Path, options: ServerOptions, *, force: bool = False,
         up.check_server()
         bar = _progress(len(files), progress)
         try:
-            providers = [p for p in files if p.name in PROVIDER_FILES]
-            patients = [p for p in files if p.name not in PROVIDER_FILES]
-            # Providers strictly first, one at a time: patients refer to them.
+            providers = [p for p in files if p.name in SHARED_FILES]
+            patients = [p for p in files if p.name not in SHARED_FILES]
+            # Providers (and a trial's study) strictly first, one at a time: patients
+            # refer to them.
             for p in providers:
                 send_all(up, journal, _file_items([p]), force=force, progress=bar,
                          summary=summary)

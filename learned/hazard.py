@@ -10,9 +10,15 @@ state and every bin, is one example: that is the privacy unit, and DP-SGD (Abadi
 2016, through Opacus) clips each patient's gradient as a whole. Covariates are scaled to
 [0, 1] with bounds the user states (public), so no preprocessing reads the data.
 
-The model answers what the engine needs: ``exit_distribution(state, x)`` (the probability
-of leaving by each exit within the modelled horizon, the rest being "still there") and
-``sample(state, x, u)`` (a dwell time and an exit).
+The model answers ``hazards(state, x)`` (per bin, the chance of staying and of leaving by
+each exit) and ``exit_distribution(state, x)`` (the probability of leaving by each exit
+within the modelled horizon, the rest being "still there"). The engine draws from the same
+numbers without torch: :mod:`learned.runtime`.
+
+With a privacy budget, the noise is calibrated so that training, composed in RDP with any
+releases made before it from the same data (the noisy counts of a derived module's
+structure), spends at most (epsilon, delta); a training run that would pass its epsilon
+stops before the step that would (see :func:`train`).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from learned.privacy import Mechanism, calibrate_noise, rdp_epsilon
 from modules.errors import ConfigError
 
 __all__ = ["Visit", "HazardSpec", "HazardModel", "build_tensors", "train", "TrainResult"]
@@ -46,17 +53,26 @@ class Visit:
 @dataclass(frozen=True)
 class HazardSpec:
     """The model's public shape: states and their exits, the time bins, and the covariates
-    with the bounds used to scale them (public: stated by the user, not read from data)."""
+    with the bounds used to scale them (public: stated by the user, not read from data).
+
+    ``time_knots`` shapes the baseline hazard over the bins: 0 gives every bin its own
+    parameter; K >= 1 makes each exit's baseline logit piecewise linear in the bin through
+    K evenly spaced knots (1: constant). Fewer parameters take less DP noise, and bins that
+    few patients reach borrow from their neighbours instead of drifting on noise alone."""
 
     exits: dict[str, tuple[str, ...]]
     bin_days: float
     max_bins: int
     covariates: tuple[str, ...] = ()
     bounds: tuple[tuple[float, float], ...] = ()
+    time_knots: int = 0
 
     def check(self) -> None:
         if self.bin_days <= 0 or self.max_bins < 1:
             raise ConfigError("bin width must be > 0 days and there must be at least one bin")
+        if not 0 <= self.time_knots <= self.max_bins:
+            raise ConfigError(f"time knots must be between 0 (one per bin) and the number of "
+                              f"bins ({self.max_bins}), got {self.time_knots}")
         if len(self.bounds) != len(self.covariates):
             raise ConfigError("give one (low, high) bound per covariate")
         for name, (lo, hi) in zip(self.covariates, self.bounds, strict=True):
@@ -76,9 +92,26 @@ class HazardSpec:
         return [(s, e) for s in self.states for e in self.exits[s]]
 
     @property
+    def n_time(self) -> int:
+        """Features of the baseline hazard: one per bin, or one per knot."""
+        return self.time_knots or self.max_bins
+
+    def time_basis(self) -> np.ndarray:
+        """[max_bins, n_time]: the baseline features of each bin (indicators, or the hat
+        functions of linear interpolation between the knots)."""
+        b, k = self.max_bins, self.time_knots
+        if k == 0:
+            return np.eye(b)
+        if k == 1:
+            return np.ones((b, 1))
+        knots = np.linspace(0.0, b - 1.0, k)
+        bins = np.arange(b, dtype=float)
+        return np.stack([np.interp(bins, knots, np.eye(k)[i]) for i in range(k)], axis=1)
+
+    @property
     def block(self) -> int:
-        """Features per state: covariates, one per bin (the baseline hazard)."""
-        return len(self.covariates) + self.max_bins
+        """Features per state: covariates, then the baseline hazard's."""
+        return len(self.covariates) + self.n_time
 
     @property
     def n_features(self) -> int:
@@ -92,17 +125,22 @@ class HazardSpec:
     def to_dict(self) -> dict[str, Any]:
         return {"exits": {k: list(v) for k, v in self.exits.items()}, "bin_days": self.bin_days,
                 "max_bins": self.max_bins, "covariates": list(self.covariates),
-                "bounds": [list(b) for b in self.bounds]}
+                "bounds": [list(b) for b in self.bounds], "time_knots": self.time_knots}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> HazardSpec:
         return cls({k: tuple(v) for k, v in d["exits"].items()}, float(d["bin_days"]),
                    int(d["max_bins"]), tuple(d["covariates"]),
-                   tuple(tuple(b) for b in d["bounds"]))
+                   tuple(tuple(b) for b in d["bounds"]), int(d.get("time_knots", 0)))
 
 
 class HazardModel(nn.Module):
-    """One linear map from state-specific features to "stay" and every (state, exit)."""
+    """One linear map from state-specific features to "stay" and every (state, exit).
+
+    It starts from a public prior, not from the data: in every state, half the patients
+    leave within the modelled bins, at a constant hazard split evenly among the exits
+    (zero logits would start at a two-in-three chance of leaving every bin, far from any
+    data, and the few noisy steps of DP-SGD would not get back)."""
 
     def __init__(self, spec: HazardSpec) -> None:
         super().__init__()
@@ -111,6 +149,10 @@ class HazardModel(nn.Module):
         self.linear = nn.Linear(spec.n_features, 1 + len(spec.classes))
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
+        leave = 1.0 - 0.5 ** (1.0 / spec.max_bins)
+        with torch.no_grad():
+            for j, (s, _e) in enumerate(spec.classes):
+                self.linear.bias[1 + j] = math.log(leave / (len(spec.exits[s]) * (1 - leave)))
         classes = spec.classes
         allowed = torch.zeros(len(spec.states), 1 + len(classes), dtype=torch.bool)
         allowed[:, 0] = True
@@ -129,10 +171,12 @@ class HazardModel(nn.Module):
         k = spec.states.index(state)
         f = torch.zeros(bins, spec.n_features)
         off = k * spec.block
+        nc = len(spec.covariates)
         if spec.covariates:
-            f[:, off:off + len(spec.covariates)] = torch.from_numpy(spec.scale(x))
+            f[:, off:off + nc] = torch.from_numpy(spec.scale(x))
+        basis = torch.from_numpy(spec.time_basis()).float()
         for j in range(bins):
-            f[j, off + len(spec.covariates) + min(j, spec.max_bins - 1)] = 1.0
+            f[j, off + nc: off + nc + spec.n_time] = basis[min(j, spec.max_bins - 1)]
         return f
 
     @torch.no_grad()
@@ -155,24 +199,6 @@ class HazardModel(nn.Module):
             alive *= row[0]
         return dict(zip(self.spec.exits[state], out.tolist(), strict=True))
 
-    def sample(self, state: str, x: Sequence[float], u: Callable[[], float]
-               ) -> tuple[float, str | None]:
-        """(days in the state, exit), drawn bin by bin; the stay ends at the end of its
-        bin (the resolution of the data). (horizon, None) past the last bin."""
-        h = self.hazards(state, x)
-        spec = self.spec
-        for j, row in enumerate(h):
-            v = u()
-            if v >= row[0]:
-                acc = row[0]
-                for e, p in zip(spec.exits[state], row[1:], strict=True):
-                    acc += p
-                    if v < acc:
-                        return (j + 1) * spec.bin_days, e
-                return (j + 1) * spec.bin_days, spec.exits[state][-1]
-        return spec.max_bins * spec.bin_days, None
-
-
 @dataclass
 class Tensors:
     x: torch.Tensor        # [patients, rows, features]
@@ -183,13 +209,19 @@ class Tensors:
     rows: int = 0
 
 
-def build_tensors(visits: Sequence[Visit], spec: HazardSpec) -> Tensors:
+def build_tensors(visits: Sequence[Visit], spec: HazardSpec,
+                  patients: Sequence[Any] | None = None) -> Tensors:
     """Person-period rows, grouped by patient (one patient = one example). A stay longer
-    than the modelled horizon is censored at its end."""
+    than the modelled horizon is censored at its end. With ``patients``, every one of
+    them is an example, in that order, those without stays as empty ones: the sampling
+    rate of DP-SGD is then fixed by the number of patients before any stay is read."""
     spec.check()
-    by_patient: dict[Any, list[Visit]] = {}
+    by_patient: dict[Any, list[Visit]] = {p: [] for p in patients or ()}
     for v in visits:
         if v.state in spec.exits:
+            if patients is not None and v.patient not in by_patient:
+                raise ConfigError(f"stay of patient {v.patient!r}, who is not among the "
+                                  "patients given")
             by_patient.setdefault(v.patient, []).append(v)
     states = spec.states
     classes = {c: i + 1 for i, c in enumerate(spec.classes)}
@@ -214,7 +246,7 @@ def build_tensors(visits: Sequence[Visit], spec: HazardSpec) -> Tensors:
             for j in range(n):
                 leaving = not censored and j == last
                 rows.append((k, j, classes[(v.state, v.exit)] if leaving else 0, cov))
-        if rows:
+        if rows or patients is not None:
             per.append(rows)
     p = len(per)
     r = max((len(rows) for rows in per), default=1)
@@ -224,13 +256,14 @@ def build_tensors(visits: Sequence[Visit], spec: HazardSpec) -> Tensors:
     allowed_by_state = HazardModel(spec).allowed
     allowed = torch.zeros(p, r, 1 + len(classes), dtype=torch.bool)
     allowed[:, :, 0] = True
-    nc = len(spec.covariates)
+    nc, nt = len(spec.covariates), spec.n_time
+    basis = torch.from_numpy(spec.time_basis()).float()
     for i, rows in enumerate(per):
         for j, (k, b, c, cov) in enumerate(rows):
             off = k * spec.block
             if nc:
                 x[i, j, off:off + nc] = torch.from_numpy(cov)
-            x[i, j, off + nc + b] = 1.0
+            x[i, j, off + nc: off + nc + nt] = basis[b]
             y[i, j] = c
             mask[i, j] = 1.0
             allowed[i, j] = allowed_by_state[k]
@@ -257,15 +290,47 @@ class TrainResult:
     accountant: str | None = None
     sample_rate: float | None = None
     steps: int = 0
+    #: Every release from the data this training's epsilon accounts for: the ``prior``
+    #: ones passed in, then DP-SGD with the steps it took.
+    mechanisms: tuple[Mechanism, ...] = ()
+    #: Training stopped before its last epoch because the next step would have passed
+    #: the target epsilon.
+    stopped_early: bool = False
+    patients: int = 0
+    rows: int = 0
+    epsilons: list[float] = field(default_factory=list)
 
 
-def train(visits: Sequence[Visit], spec: HazardSpec, *, epsilon: float | None = None,
-          delta: float = 1e-5, epochs: int = 10, batch_size: int = 2048, lr: float = 0.1,
-          max_grad_norm: float = 5.0, seed: int = 0, device: str = "cpu",
+def train(visits: Sequence[Visit], spec: HazardSpec, **kw: Any) -> TrainResult:
+    """Fit the hazard model: see :func:`_train` for the options."""
+    import warnings
+
+    with warnings.catch_warnings():
+        # Opacus warns that its noise is not from a cryptographically secure generator
+        # (its secure_mode needs torchcsprng; the README says so), and that its hooks see
+        # a model whose input needs no gradient (a linear map: as it should be).
+        warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
+        warnings.filterwarnings("ignore", message=".*Full backward hook is firing.*")
+        return _train(visits, spec, **kw)
+
+
+def _train(visits: Sequence[Visit], spec: HazardSpec, *, epsilon: float | None = None,
+          delta: float = 1e-5, noise_multiplier: float | None = None,
+          prior: Sequence[Mechanism] = (), patients: Sequence[Any] | None = None,
+          epochs: int = 10, batch_size: int = 2048,
+          lr: float = 0.1, max_grad_norm: float = 5.0, seed: int = 0, device: str = "cpu",
           progress: Callable[[int, float, float | None], None] | None = None) -> TrainResult:
-    """Fit the hazard model. With ``epsilon``, DP-SGD through Opacus (RDP accountant,
-    Poisson sampling of patients) with the noise calibrated so that the whole training
-    spends at most ``(epsilon, delta)``; without, plain full-batch fitting (no privacy).
+    """Fit the hazard model. With ``epsilon`` or ``noise_multiplier``, DP-SGD through
+    Opacus (Poisson sampling of patients, per-patient clipping at ``max_grad_norm``, RDP
+    accounting); without either, plain full-batch fitting (no privacy). ``patients``:
+    see :func:`build_tensors`.
+
+    With ``epsilon`` and no ``noise_multiplier``, the noise is the least that keeps the
+    whole training, composed with the ``prior`` releases, within ``(epsilon, delta)``.
+    With a given ``noise_multiplier``, training runs at that noise until its epochs end or
+    until the next step would spend more than ``epsilon`` (when given), and stops there
+    (``stopped_early``). The reported ``epsilon`` is Opacus's RDP accounting of
+    ``mechanisms`` at ``delta``.
 
     The clipping norm matters more than it seems: a patient whose exit is the rarer one has
     the larger gradient, so a norm that clips most patients biases the learned split
@@ -273,13 +338,13 @@ def train(visits: Sequence[Visit], spec: HazardSpec, *, epsilon: float | None = 
     few patients of a linear hazard model, and Adam with averaged iterates converges in
     the few noisy steps the budget allows."""
     torch.manual_seed(seed)
-    data = build_tensors(visits, spec)
-    if data.patients == 0:
+    data = build_tensors(visits, spec, patients)
+    if data.rows == 0:
         raise ConfigError("no stays in the modelled states: nothing to learn from")
     model = HazardModel(spec).to(device)
     tensors = [t.to(device) for t in (data.x, data.y, data.mask, data.allowed)]
     losses: list[float] = []
-    if epsilon is None:
+    if epsilon is None and noise_multiplier is None:
         opt = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=200,
                                 line_search_fn="strong_wolfe")
 
@@ -293,26 +358,45 @@ def train(visits: Sequence[Visit], spec: HazardSpec, *, epsilon: float | None = 
             losses.append(loss)
             if progress is not None:
                 progress(epoch + 1, loss, None)
-        return TrainResult(model, None, None, None, None, epochs, losses)
+        return TrainResult(model, None, None, None, None, epochs, losses,
+                           patients=data.patients, rows=data.rows)
 
     from opacus import PrivacyEngine
     from torch.utils.data import DataLoader, TensorDataset
 
     loader = DataLoader(TensorDataset(*tensors), batch_size=min(batch_size, data.patients),
                         shuffle=True)
+    # Opacus replaces the loader by Poisson sampling at rate 1 / (batches per epoch).
+    sample_rate = 1 / len(loader)
+    planned = epochs * len(loader)
+    if noise_multiplier is None:
+        assert epsilon is not None
+        noise_multiplier = calibrate_noise(epsilon, delta, sample_rate, planned, prior=prior)
+
+    def mechanisms(steps: int) -> list[Mechanism]:
+        return [*prior, Mechanism("DP-SGD", noise_multiplier, sample_rate, steps)]
+
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     engine = PrivacyEngine(accountant="rdp")
-    private, opt, loader = engine.make_private_with_epsilon(
-        module=model, optimizer=opt, data_loader=loader, target_epsilon=epsilon,
-        target_delta=delta, epochs=epochs, max_grad_norm=max_grad_norm)
+    private, opt, loader = engine.make_private(
+        module=model, optimizer=opt, data_loader=loader, noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm)
     # The released model is the average of the iterates of the second half of training
     # (Polyak-Ruppert averaging): post-processing, so free of privacy cost, and it damps
     # the DP noise of the last steps.
     average = [torch.zeros_like(p) for p in model.parameters()]
     averaged = 0
+    steps = 0
+    stopped = False
+    epsilons: list[float] = []
     for epoch in range(epochs):
         total, n = 0.0, 0
         for xb, yb, mb, ab in loader:
+            if epsilon is not None and \
+                    rdp_epsilon(mechanisms(steps + 1), delta) > epsilon * (1 + 1e-9):
+                stopped = True
+                break
+            steps += 1  # a sampled batch is a step of the mechanism, even an empty one
             if len(xb) == 0:
                 continue
             opt.zero_grad()
@@ -326,14 +410,18 @@ def train(visits: Sequence[Visit], spec: HazardSpec, *, epsilon: float | None = 
                     for a, p in zip(average, model.parameters(), strict=True):
                         a += p
                 averaged += 1
-        spent = engine.get_epsilon(delta)
-        losses.append(total / max(n, 1))
-        if progress is not None:
-            progress(epoch + 1, losses[-1], spent)
+        if n or not stopped:
+            losses.append(total / max(n, 1))
+            epsilons.append(rdp_epsilon(mechanisms(steps), delta))
+            if progress is not None:
+                progress(epoch + 1, losses[-1], epsilons[-1])
+        if stopped:
+            break
     if averaged:
         with torch.no_grad():
             for a, p in zip(average, model.parameters(), strict=True):
                 p.copy_(a / averaged)
-    return TrainResult(model, engine.get_epsilon(delta), delta, opt.noise_multiplier,
-                       max_grad_norm, epochs, losses, "rdp", 1 / len(loader),
-                       epochs * len(loader))
+    used = tuple(mechanisms(steps))
+    return TrainResult(model, rdp_epsilon(used, delta), delta, noise_multiplier,
+                       max_grad_norm, epochs, losses, "rdp", sample_rate, steps, used,
+                       stopped, data.patients, data.rows, epsilons)

@@ -19,6 +19,7 @@ __all__ = [
     "SimulationError",
     "OutputError",
     "DataError",
+    "ProtocolError",
 ]
 
 
@@ -65,6 +66,15 @@ class OutputError(CarecourseError):
     """Output cannot be written where it was asked to go."""
 
 
+def _problems_message(problems: list[Problem], shown: int, noun: str) -> str:
+    """One message listing the first ``shown`` problems (with a count of the rest)."""
+    lines = [str(p) for p in problems[:shown]]
+    if len(problems) > shown:
+        lines.append(f"... and {len(problems) - shown} more problem(s)")
+    head = f"{len(problems)} problem(s) in {noun}:" if len(problems) > 1 else ""
+    return "\n".join([head, *lines]) if head else lines[0]
+
+
 class DataError(CarecourseError):
     """A data file (event table, baseline table, FHIR resources, a bundled data set) is
     malformed; ``problems`` lists every finding, each with its file and place (row and
@@ -77,8 +87,17 @@ class DataError(CarecourseError):
         if not problems:
             raise ValueError("DataError needs at least one problem")
         self.problems = list(problems)
-        lines = [str(p) for p in self.problems[: self.SHOWN]]
-        if len(self.problems) > self.SHOWN:
-            lines.append(f"... and {len(self.problems) - self.SHOWN} more problem(s)")
-        head = f"{len(self.problems)} problem(s) in data:" if len(self.problems) > 1 else ""
-        super().__init__("\n".join([head, *lines]) if head else lines[0])
+        super().__init__(_problems_message(self.problems, self.SHOWN, "data"))
+
+
+class ProtocolError(ConfigError):
+    """A trial protocol file is invalid; ``problems`` lists every finding, each with the
+    file and the YAML path (and line) of the value, and what to do."""
+
+    SHOWN = 30
+
+    def __init__(self, problems: list[Problem]) -> None:
+        if not problems:
+            raise ValueError("ProtocolError needs at least one problem")
+        self.problems = list(problems)
+        super().__init__(_problems_message(self.problems, self.SHOWN, "the trial protocol"))

@@ -3,8 +3,9 @@ them, reporting every problem at once with file, state and JSON path.
 
 A *library* is a folder: top-level modules are the ``*.json`` files directly in it;
 submodules live in subfolders and are named by their path without ``.json``
-(``medications/statin``); lookup tables are ``lookup_tables/*.csv``; an optional
-``module_deaths.csv`` says how much of the background mortality the modules cause
+(``medications/statin``); lookup tables are ``lookup_tables/*.csv``; learned models (weights
+and model cards, which ``learned_transition`` keys point to) live under ``models/``; an
+optional ``module_deaths.csv`` says how much of the background mortality the modules cause
 (see :mod:`modules.mortality`).
 
 >>> from modules.loader import load_library
@@ -24,6 +25,7 @@ from typing import Any
 import networkx as nx
 
 from modules.errors import ModuleError, ModuleValidationError, Problem
+from modules.extensions import learned_problems
 from modules.gmf import (
     STATE_TYPES,
     TRANSITION_KEYS,
@@ -155,7 +157,7 @@ def module_graph(spec: dict[str, Any], path: str = "") -> nx.DiGraph:
 
 
 def _check_module(key: str, path: Path, spec: dict[str, Any], library_keys: set[str],
-                  table_dir: Path) -> list[tuple[str, Problem]]:
+                  table_dir: Path, check_models: bool = True) -> list[tuple[str, Problem]]:
     """(severity, problem) for everything wrong with one module spec."""
     f = str(path)
     out: list[tuple[str, Problem]] = []
@@ -202,6 +204,8 @@ def _check_module(key: str, path: Path, spec: dict[str, Any], library_keys: set[
         for tpath, target, _label, _p in referenced_states(st):
             if target not in states:
                 err(f"{where}.{tpath}", f"transition to missing state {target!r}")
+        for place, msg in learned_problems(path, sname, st, states, check_models=check_models):
+            err(place, msg)
         if stype == "CallSubmodule" and isinstance(st.get("submodule"), str):
             sub = st["submodule"]
             if sub not in library_keys:
@@ -292,8 +296,13 @@ def _transition_problems(sname: str, st: dict[str, Any], tkey: str | None) -> li
         if not isinstance(spec, dict) or not spec:
             out.append((here, "must name states for ambulatory, emergency and telemedicine"))
     elif tkey == "learned_transition":
-        if not isinstance(spec, dict) or "model" not in spec or "fallback" not in spec:
-            out.append((here, "needs 'model' and 'fallback' (a GMF transition object)"))
+        # The key's own shape is checked by modules.extensions; its fallback is a plain GMF
+        # transition, checked here like one.
+        fb = spec.get("fallback") if isinstance(spec, dict) else None
+        fkey = transition_key(fb) if isinstance(fb, dict) else None
+        if fkey is not None and fkey != "learned_transition":
+            inner = _transition_problems(sname, fb, fkey)
+            out.extend((f"{here}.fallback{p[len(where):]}", m) for p, m in inner)
     if "distribution" in st and st.get("type") == "Delay" and distribution_problem(st["distribution"]):
         pass  # reported by state_field_problems
     return out
@@ -303,14 +312,15 @@ def _scan(root: Path) -> dict[str, Path]:
     files: dict[str, Path] = {}
     for p in sorted(root.rglob("*.json")):
         rel = p.relative_to(root)
-        if rel.parts[0] in ("lookup_tables",) or any(part.startswith(".") for part in rel.parts):
+        if rel.parts[0] in ("lookup_tables", "models") or \
+                any(part.startswith(".") for part in rel.parts):
             continue
         files[rel.with_suffix("").as_posix()] = p
     return files
 
 
-def _build(root: Path, files: dict[str, Path], library_keys: set[str]
-           ) -> tuple[dict[str, Module], list[tuple[str, Problem]]]:
+def _build(root: Path, files: dict[str, Path], library_keys: set[str],
+           check_models: bool = True) -> tuple[dict[str, Module], list[tuple[str, Problem]]]:
     modules: dict[str, Module] = {}
     found: list[tuple[str, Problem]] = []
     table_dir = root / "lookup_tables"
@@ -319,7 +329,7 @@ def _build(root: Path, files: dict[str, Path], library_keys: set[str]
         found.extend((ERROR, p) for p in problems)
         if spec is None:
             continue
-        found.extend(_check_module(key, path, spec, library_keys, table_dir))
+        found.extend(_check_module(key, path, spec, library_keys, table_dir, check_models))
         if isinstance(spec.get("states"), dict):
             modules[key] = Module(key=key, name=str(spec.get("name") or key), path=path,
                                   spec=spec, graph=module_graph(spec, str(path)))
@@ -349,13 +359,16 @@ def _load_tables(root: Path, modules: dict[str, Module]) -> tuple[dict[str, Look
     return tables, problems
 
 
-def validate_library(root: Path | str) -> tuple[ModuleLibrary, list[Problem], list[Problem]]:
-    """Load everything under ``root``; return (library, errors, warnings)."""
+def validate_library(root: Path | str, *, check_models: bool = True
+                     ) -> tuple[ModuleLibrary, list[Problem], list[Problem]]:
+    """Load everything under ``root``; return (library, errors, warnings). With
+    ``check_models`` (the default), the model cards that learned keys point to are checked
+    too; without, only the keys' shape."""
     root = Path(root)
     if not root.is_dir():
         raise ModuleError(f"{root}: module library folder not found")
     files = _scan(root)
-    modules, found = _build(root, files, set(files))
+    modules, found = _build(root, files, set(files), check_models)
     tables, table_problems = _load_tables(root, modules)
     errors = [p for sev, p in found if sev == ERROR] + table_problems
     warnings = [p for sev, p in found if sev == WARNING]
@@ -369,14 +382,17 @@ def validate_library(root: Path | str) -> tuple[ModuleLibrary, list[Problem], li
                          death_shares=shares), errors, warnings
 
 
-def load_library(root: Path | str | None = None, *, lenient: bool = False) -> ModuleLibrary:
+def load_library(root: Path | str | None = None, *, lenient: bool = False,
+                 check_models: bool = True) -> ModuleLibrary:
     """Load and validate a module library (the embedded default when ``root`` is None).
 
     Raises ModuleValidationError listing every problem. With ``lenient``, transitions to
     missing states are allowed (Synthea loads such modules; the engine raises only if one
-    is taken), as some of Synthea's own test fixtures need.
+    is taken), as some of Synthea's own test fixtures need. ``check_models=False`` skips
+    the model cards of learned keys (for a run that uses their fallbacks).
     """
-    lib, errors, _ = validate_library(root if root is not None else default_library_path())
+    lib, errors, _ = validate_library(root if root is not None else default_library_path(),
+                                      check_models=check_models)
     if lenient:
         errors = [e for e in errors if "transition to missing state" not in e.message]
     if errors:
@@ -384,7 +400,8 @@ def load_library(root: Path | str | None = None, *, lenient: bool = False) -> Mo
     return lib
 
 
-def load_module_file(path: Path | str, *, lenient: bool = False) -> Module:
+def load_module_file(path: Path | str, *, lenient: bool = False,
+                     check_models: bool = True) -> Module:
     """Load and validate one module file. Its library (for submodules and lookup tables)
     is the nearest folder above it that holds ``lookup_tables``, else its own folder."""
     path = Path(path)
@@ -394,7 +411,7 @@ def load_module_file(path: Path | str, *, lenient: bool = False) -> Module:
     resolved = path.resolve()
     key = resolved.relative_to(root).with_suffix("").as_posix() \
         if resolved.is_relative_to(root) else path.stem
-    modules, found = _build(root, {key: path}, set(_scan(root)))
+    modules, found = _build(root, {key: path}, set(_scan(root)), check_models)
     _tables, table_problems = _load_tables(root, modules)
     errors = [p for sev, p in found if sev == ERROR] + table_problems
     if lenient:

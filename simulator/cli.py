@@ -1,8 +1,9 @@
 """The ``carecourse`` command line.
 
-This is the one place that wires the packages together: exporters (and later learned
-models) are imported inside the commands that need them, so ``carecourse run`` starts
-without loading torch. Every deliberate error prints one clear message and exits with
+This is the one place that wires the packages together: exporters and learned models are
+imported inside the commands that need them, so ``carecourse run`` starts without loading
+torch (a run whose modules have learned keys imports ``learned.runtime`` through
+``RunConfig.extensions``). Every deliberate error prints one clear message and exits with
 status 2; ``modules validate`` exits 1 when it finds problems.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from modules.errors import CarecourseError, ConfigError
@@ -57,6 +59,34 @@ def _non_negative(text: str) -> int:
     return v
 
 
+def _number(ok: Callable[[float], bool], hint: str) -> Callable[[str], float]:
+    """An argparse type: a number for which ``ok`` holds, else "TEXT HINT"."""
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"{text!r} {hint}")
+        return v
+    return parse
+
+
+_fraction = _number(lambda v: 0 < v < 1, "must be between 0 and 1, e.g. 0.3")
+_days = _number(lambda v: 0 < v < float("inf"), "must be a positive number of days")
+
+
+def _pairs(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        a, sep, b = part.partition("=")
+        if not sep or not a.strip() or not b.strip():
+            raise argparse.ArgumentTypeError(f"{text!r}: write SYNTHETIC=REAL pairs separated "
+                                             "by commas, e.g. sex=gender,SNOMED-CT|1234=aids")
+        out[a.strip()] = b.strip()
+    return out
+
+
 def _formats(text: str) -> tuple[str, ...]:
     chosen = tuple(f.strip().lower() for f in text.split(",") if f.strip())
     bad = [f for f in chosen if f not in FORMATS]
@@ -95,10 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run on a local Dask cluster of N worker processes")
     r.add_argument("--scheduler", metavar="ADDRESS",
                    help="run on an existing Dask cluster (tcp://HOST:8786)")
-    r.add_argument("--partition-size", type=_positive, default=100, metavar="N",
-                   help="patients per Dask partition (default 100)")
+    r.add_argument("--partition-size", type=_positive, default=None, metavar="N",
+                   help="patients per Dask partition (default: a hundredth of the "
+                        "population, between 10 and 100)")
     r.add_argument("--lenient", action="store_true",
                    help="load modules with transitions to missing states (error only if taken)")
+    r.add_argument("--learned-fallback", action="store_true",
+                   help="run learned transitions and delays by their GMF fallbacks (no "
+                        "model files needed, nothing learned loaded)")
     r.add_argument("--validate", action="store_true",
                    help="validate FHIR resources as they are written (fhir/ndjson formats)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -146,29 +180,212 @@ def build_parser() -> argparse.ArgumentParser:
     dl.set_defaults(func=_cmd_datasets_list)
     ds = dsub.add_parser("show", help="counts per state, transition and covariate")
     ds.add_argument("name", help="a built-in data set (carecourse datasets lists them), a "
-                                 "folder of FHIR bundles or ndjson files, or an event table "
-                                 "(.csv, .tsv, .parquet) with --baseline")
+                                 "folder of FHIR bundles or ndjson files, carecourse CSV "
+                                 "output (a run's --out folder), or an event table (.csv, "
+                                 ".tsv, .parquet) with --baseline")
     ds.add_argument("--baseline", type=Path, metavar="FILE",
                     help="the baseline-covariate table that goes with an event table")
-    ds.add_argument("--columns", metavar="ROLE=COLUMN,...",
-                    help="the tables' column names, e.g. patient=pid,time=date,code=event "
-                         "(roles: patient, time, code, kind, value, display, "
-                         "baseline_patient, origin, end)")
-    ds.add_argument("--time-unit", choices=("days", "weeks", "months", "years"),
-                    default="days", help="unit of numeric times in an event table")
-    ds.add_argument("--date-format", metavar="FORMAT",
-                    help="strftime format of dates in an event table (default ISO 8601)")
-    ds.add_argument("--categorical", action="append", default=[], metavar="COLUMN",
-                    help="a numeric baseline column that is categorical (repeatable)")
-    ds.add_argument("--initial-state", metavar="STATE",
-                    help="the state every patient of an event table starts in")
+    _table_arguments(ds)
     ds.add_argument("--reference-date", type=_date, metavar="YYYY-MM-DD",
-                    help="FHIR: end of follow-up of the living (default: the latest date)")
+                    help="FHIR / CSV output: end of follow-up of the living (default: the "
+                         "latest date)")
     ds.add_argument("--top", type=_positive, default=15, metavar="N",
                     help="show at most N codes and transitions (default 15)")
     ds.set_defaults(func=_cmd_datasets_show)
     d.set_defaults(func=_cmd_datasets_list)
+
+    e = sub.add_parser("evaluate", help="compare a synthetic population with the real data it "
+                                        "learned from: fidelity, utility, privacy")
+    e.add_argument("--real", required=True, metavar="DATA",
+                   help="the real data the generator learned from: a built-in data set, an "
+                        "event table (with --real-baseline), FHIR, or carecourse CSV output")
+    e.add_argument("--synthetic", required=True, metavar="DATA",
+                   help="the synthetic population: a carecourse run's --out folder (CSV or "
+                        "FHIR), an event table (with --synthetic-baseline), or a baseline "
+                        "table alone (covariates only)")
+    hold = e.add_mutually_exclusive_group()
+    hold.add_argument("--holdout", metavar="DATA",
+                      help="real patients the generator never saw (same kinds of source)")
+    hold.add_argument("--holdout-fraction", type=_fraction, metavar="F",
+                      help="hold out this share of --real's patients, split as "
+                           "learned.evaluate.split_holdout does with --seed")
+    e.add_argument("--seed", type=_non_negative, default=0,
+                   help="seed of the holdout split, bootstrap and folds (default 0)")
+    for who in ("real", "synthetic", "holdout"):
+        e.add_argument(f"--{who}-baseline", type=Path, metavar="FILE",
+                       help=f"the baseline table that goes with an event table as --{who}")
+    _table_arguments(e)
+    e.add_argument("--reference-date", type=_date, metavar="YYYY-MM-DD",
+                   help="FHIR / CSV output: end of follow-up of the living")
+    e.add_argument("--origin-state", metavar="CODE",
+                   help="re-time data counted from birth (carecourse output, FHIR): time 0 "
+                        "is the first entry into this state (a code, its code without the "
+                        "system, or its display)")
+    e.add_argument("--rename", type=_pairs, default={}, metavar="SYNTHETIC=REAL,...",
+                   help="synthetic covariate names and state codes to read as the real ones")
+    e.add_argument("--outcome", metavar="NAME",
+                   help="utility outcome: a state (entered by --horizon) or a two-valued "
+                        "covariate (default: the first state after the initial one)")
+    e.add_argument("--horizon", type=_days, metavar="DAYS",
+                   help="a state outcome counts when entered by this day (default: the "
+                        "median real follow-up)")
+    e.add_argument("--follow-up", type=_days, metavar="DAYS",
+                   help="censor every population at this day (default: the longest real "
+                        "follow-up)")
+    e.add_argument("--bins", type=_positive, default=10, metavar="N",
+                   help="bins of numeric covariates (default 10)")
+    e.add_argument("--model", default="logistic",
+                   help="utility classifier: logistic or boosting (default logistic)")
+    e.add_argument("--resamples", type=_positive, default=1000, metavar="N",
+                   help="bootstrap resamples of each AUC interval (default 1000)")
+    e.add_argument("--out", type=Path, required=True, metavar="DIR",
+                   help="report folder: report.html, metrics.json, figures/")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.set_defaults(func=_cmd_evaluate)
+    _trial_parser(sub)
+    _learn_parser(sub)
     return p
+
+
+def _table_arguments(p: argparse.ArgumentParser) -> None:
+    """How event tables are read (``datasets show``, ``evaluate``)."""
+    p.add_argument("--columns", metavar="ROLE=COLUMN,...",
+                   help="the tables' column names, e.g. patient=pid,time=date,code=event "
+                        "(roles: patient, time, code, kind, value, display, "
+                        "baseline_patient, origin, end)")
+    p.add_argument("--time-unit", choices=("days", "weeks", "months", "years"),
+                   default="days", help="unit of numeric times in an event table")
+    p.add_argument("--date-format", metavar="FORMAT",
+                   help="strftime format of dates in an event table (default ISO 8601)")
+    p.add_argument("--categorical", action="append", default=[], metavar="COLUMN",
+                   help="a numeric baseline column that is categorical (repeatable)")
+    p.add_argument("--initial-state", metavar="STATE",
+                   help="the state every patient of an event table starts in")
+
+
+def _trial_parser(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser("trial", help="synthetic and hybrid control arms for clinical trials")
+    tsub = t.add_subparsers(dest="trial_command", required=True)
+    tb = tsub.add_parser("build", help="build a synthetic control arm from a protocol file")
+    tb.add_argument("protocol", type=Path, help="the trial protocol (YAML)")
+    tb.add_argument("--out", type=Path, required=True,
+                    help="output folder (new or empty): CDISC datasets, FHIR, build record")
+    tb.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tb.set_defaults(func=_cmd_trial_build)
+    tc = tsub.add_parser("compare", help="compare a synthetic arm with real arm data; "
+                                         "optionally build a hybrid control arm")
+    tc.add_argument("--synthetic", type=Path, required=True, metavar="DIR",
+                    help="the --out folder of 'carecourse trial build'")
+    tc.add_argument("--real", type=Path, required=True, metavar="CSV",
+                    help="the real control arm: one row per subject, time, event, covariates")
+    tc.add_argument("--treatment", type=Path, metavar="CSV",
+                    help="a real treatment arm (same columns)")
+    tc.add_argument("--hybrid", action="store_true",
+                    help="also analyse real control + synthetic patients with a commensurate "
+                         "prior (needs --treatment)")
+    tc.add_argument("--endpoint", metavar="PARAMCD",
+                    help="the time-to-event endpoint (default: the protocol's primary)")
+    tc.add_argument("--time", default="time", metavar="COLUMN",
+                    help="column of the time to event or censoring (default: time)")
+    tc.add_argument("--event", default="event", metavar="COLUMN",
+                    help="column that is 1 for an event, 0 for censoring (default: event)")
+    tc.add_argument("--time-unit", choices=("days", "weeks", "months", "years"),
+                    default="days", help="unit of --time (default: days)")
+    tc.add_argument("--covariates", metavar="A,B,...",
+                    help="Table 1 covariates (default: the columns both control arms have)")
+    tc.add_argument("--categorical", action="append", default=[], metavar="COLUMN",
+                    help="a numeric covariate to treat as categorical (repeatable)")
+    tc.add_argument("--horizon", type=float, metavar="DAYS",
+                    help="horizon of the largest Kaplan-Meier gap (default: the shorter "
+                         "follow-up)")
+    tc.add_argument("--spike", type=float, default=0.5,
+                    help="hybrid: prior probability that the arms are commensurate (0.5)")
+    tc.add_argument("--slab-scale", type=float, default=1.0,
+                    help="hybrid: scale of the half-normal prior of the discrepancy "
+                         "otherwise, on the log-hazard scale (1.0)")
+    tc.add_argument("--out", type=Path, metavar="DIR",
+                    help="report folder (default: DIR/compare of the synthetic arm)")
+    tc.set_defaults(func=_cmd_trial_compare)
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def _learn_parser(sub: argparse._SubParsersAction) -> None:
+    lp = sub.add_parser(
+        "learn", help="train a DP transition and dwell-time model on real data and derive a "
+                      "GMF module from it",
+        description="Train the differentially private hazard model of a data set's states, "
+                    "write its weights and model card, charge the data set's privacy "
+                    "ledger, and derive a GMF module whose transitions use the model.")
+    lp.add_argument("--data", required=True, metavar="DATA",
+                    help="a built-in data set, a folder of FHIR bundles or ndjson, or an "
+                         "event table with --baseline (as carecourse datasets show reads it)")
+    lp.add_argument("--baseline", type=Path, metavar="FILE",
+                    help="the baseline-covariate table that goes with an event table")
+    _table_arguments(lp)
+    lp.add_argument("--reference-date", type=_date, metavar="YYYY-MM-DD",
+                    help="FHIR / CSV output: end of follow-up of the living (default: the "
+                         "latest date)")
+    lp.add_argument("--epsilon", type=_float, required=True, metavar="E",
+                    help="privacy budget of this run (inf: no privacy, for synthetic data)")
+    lp.add_argument("--delta", type=_float, default=1e-5, metavar="D",
+                    help="delta of the guarantee, below 1/patients (default 1e-5)")
+    lp.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                    help="where to train (default auto: CUDA when there is a GPU)")
+    lp.add_argument("--out", type=Path, required=True, metavar="DIR",
+                    help="new folder for the module, weights, card and pictures")
+    lp.add_argument("--budget", type=_float, metavar="E",
+                    help="refuse to run if the data set's total epsilon would pass E")
+    lp.add_argument("--ledger-dir", type=Path, metavar="DIR",
+                    help="folder of privacy ledgers (default $CARECOURSE_LEDGER_DIR or "
+                         "~/.carecourse/ledgers)")
+    g = lp.add_argument_group("model (public choices)")
+    g.add_argument("--covariate", action="append", default=[], metavar="SPEC",
+                   help="a covariate with public bounds: NAME=LOW:HIGH, NAME=A,B,C (levels), "
+                        "or NAME when a built-in data set documents its bounds (repeatable)")
+    g.add_argument("--bin-days", type=_float, metavar="DAYS",
+                   help="width of the time bins (default 30, or the data set's documented)")
+    g.add_argument("--bins", type=_positive, metavar="N",
+                   help="bins modelled, spanning the follow-up; the last bin's hazard goes on "
+                        "after (default 24, or the data set's documented)")
+    g.add_argument("--time-knots", type=_non_negative, default=4, metavar="K",
+                   help="knots of the piecewise-linear baseline hazard; 0: a parameter per "
+                        "bin (default 4)")
+    g.add_argument("--structure", choices=("auto", "public", "dp"), default="auto",
+                   help="states and transitions: public (stated or documented) or chosen "
+                        "by DP counts (default: public when known)")
+    g.add_argument("--states", metavar="A,B,...",
+                   help="the public list of states (others are not states here)")
+    g.add_argument("--edges", metavar="A>B,...", help="the public transitions")
+    g.add_argument("--max-transitions", type=_positive, default=4, metavar="K",
+                   help="transitions of one patient used (default 4)")
+    g.add_argument("--min-count", type=_float, default=10.0, metavar="N",
+                   help="least noisy count of patients for a transition to be kept "
+                        "(default 10)")
+    g.add_argument("--count-share", type=_float, default=0.2, metavar="F",
+                   help="share of epsilon for the counts of --structure dp (default 0.2)")
+    t = lp.add_argument_group("training")
+    t.add_argument("--epochs", type=_positive, default=30, help="(default 30)")
+    t.add_argument("--batch-size", type=_non_negative, default=0,
+                   help="expected patients per batch (default 0: a quarter of the patients, "
+                        "128 to 2048)")
+    t.add_argument("--lr", type=_float, default=0.03, help="Adam's learning rate (default 0.03)")
+    t.add_argument("--max-grad-norm", type=_float, default=5.0,
+                   help="per-patient clipping norm (default 5)")
+    t.add_argument("--seed", type=_non_negative, default=0)
+    m = lp.add_argument_group("derived module")
+    m.add_argument("--name", help="module name (default: the data set's)")
+    m.add_argument("--start-age", type=_float, default=0.0, metavar="YEARS",
+                   help="patients enter the initial state at this age (default 0: birth)")
+    m.add_argument("--code", action="append", default=[], metavar="STATE=SYSTEM|CODE|DISPLAY",
+                   help="record entering STATE as this condition (repeatable)")
+    lp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    lp.set_defaults(func=_cmd_learn)
 
 
 def _server_options(p: argparse.ArgumentParser, upload_flag: str) -> None:
@@ -265,7 +482,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         gender=args.gender, state=state, reference_date=ref, end_date=args.end_date,
         years_of_history=args.years_of_history, modules_dir=args.modules_dir,
         modules=tuple(args.module), out=args.out, processes=args.processes,
-        lenient=args.lenient,
+        lenient=args.lenient, learned_fallback=args.learned_fallback,
+        # Imported (in every worker) only when a module has learned keys, so a run of
+        # rule modules does not load torch.
+        extensions=("learned.runtime",),
     )
     sinks = []
     if "csv" in args.format:
@@ -351,7 +571,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_modules_list(args: argparse.Namespace) -> int:
     from modules.loader import load_library
 
-    lib = load_library(args.modules_dir, lenient=True)
+    lib = load_library(args.modules_dir, lenient=True, check_models=False)
     for key in lib.top_level():
         m = lib.modules[key]
         print(f"{key:40s} {len(m.states):4d} states  {m.name}")
@@ -378,10 +598,11 @@ def _cmd_modules_graph(args: argparse.Namespace) -> int:
     from modules.loader import load_library, load_module_file
 
     p = Path(args.name)
+    # A drawing needs the states and transitions, not the models learned keys point to.
     if p.suffix == ".json" and p.is_file():
-        module = load_module_file(p, lenient=True)
+        module = load_module_file(p, lenient=True, check_models=False)
     else:
-        module = load_library(args.modules_dir, lenient=True).get(args.name)
+        module = load_library(args.modules_dir, lenient=True, check_models=False).get(args.name)
     suffix = args.out.suffix.lower()
     if suffix not in (".svg", ".png"):
         raise ConfigError(f"--out {args.out}: the drawing format follows the suffix; use .svg or .png")
@@ -398,45 +619,288 @@ def _cmd_datasets_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_datasets_show(args: argparse.Namespace) -> int:
-    from learned.datasets import dataset_names, get_dataset, load_dataset
     from learned.describe import describe
+    from learned.sources import read_source
 
-    info = None
-    path = Path(args.name)
-    table = path.name.lower().endswith((".csv", ".csv.gz", ".tsv", ".tsv.gz", ".parquet",
-                                        ".pq"))
-    table_options = [flag for flag, given in (
-        ("--baseline", args.baseline), ("--columns", args.columns),
-        ("--date-format", args.date_format), ("--categorical", args.categorical),
-        ("--initial-state", args.initial_state), ("--time-unit", args.time_unit != "days"))
-        if given]
-    if table_options and not table:
-        raise ConfigError(f"{', '.join(table_options)} go(es) with an event table "
-                          f"(.csv, .tsv, .parquet), not with {args.name}")
-    if args.reference_date and (table or args.name in dataset_names()):
-        raise ConfigError("--reference-date goes with FHIR data (a folder of bundles or ndjson)")
-    if args.name in dataset_names():
-        info = get_dataset(args.name)
-        data = load_dataset(args.name)
-    elif table:
-        from learned.tables import TableColumns, read_event_tables
+    source = read_source(args.name, baseline=args.baseline, table=_table_options(args),
+                         reference_date=args.reference_date)
+    print(describe(source.data, source.info, top=args.top))
+    return 0
 
-        if args.baseline is None:
-            raise ConfigError(f"{path}: an event table needs its baseline table; give "
-                              "--baseline FILE (one row per patient: id and covariates)")
-        columns = TableColumns.parse(args.columns) if args.columns else None
-        data = read_event_tables(path, args.baseline, columns=columns,
-                                 time_unit=args.time_unit, date_format=args.date_format,
-                                 categorical=tuple(args.categorical),
-                                 initial_state=args.initial_state)
-    elif path.exists():
-        from learned.fhir import read_fhir
 
-        data = read_fhir(path, reference_date=args.reference_date)
+def _table_options(args: argparse.Namespace):
+    from learned.sources import TableOptions
+
+    return TableOptions(columns=args.columns, time_unit=args.time_unit,
+                        date_format=args.date_format, categorical=tuple(args.categorical),
+                        initial_state=args.initial_state)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    missing = [name for name, module in (("lifelines", "lifelines"), ("scikit-learn", "sklearn"),
+                                         ("scipy", "scipy"))
+               if importlib.util.find_spec(module) is None]
+    if missing:
+        raise ConfigError(f"carecourse evaluate needs {', '.join(missing)}; "
+                          "pip install 'carecourse[learn]'")
+    from learned.evaluate import EvaluateOptions, evaluate, split_holdout
+    from learned.sources import is_table, read_source
+
+    options = EvaluateOptions(bins=args.bins, outcome=args.outcome, horizon=args.horizon,
+                              follow_up=args.follow_up, model=args.model,
+                              resamples=args.resamples, seed=args.seed,
+                              progress=not args.no_progress)
+    options.check()
+    table = _table_options(args)
+    named = [args.real, args.synthetic] + ([args.holdout] if args.holdout else [])
+    if table.given() and not any(is_table(n) for n in named):
+        raise ConfigError(f"{', '.join(table.given())} go(es) with event tables (.csv, .tsv, "
+                          "parquet), and none of --real, --synthetic, --holdout is one")
+
+    def read(label: str, name: str, baseline: Path | None):
+        own = table if is_table(name) else None
+        try:
+            # A table without its baseline is read as covariates alone (the baseline
+            # generator's samples, a covariate table of the real data).
+            return read_source(name, baseline=baseline, table=own,
+                               reference_date=args.reference_date if not is_table(name)
+                               and not _is_dataset(name) else None, baseline_only=True)
+        except ConfigError as exc:
+            raise ConfigError(f"--{label}: {exc}") from None
+
+    real = read("real", args.real, args.real_baseline)
+    synthetic = read("synthetic", args.synthetic, args.synthetic_baseline)
+    if args.holdout_baseline and not args.holdout:
+        raise ConfigError("--holdout-baseline goes with --holdout DATA")
+    inputs = {"real": f"{args.real} ({real.kind}, {real.data.patients} patients)",
+              "synthetic": f"{args.synthetic} ({synthetic.kind}, "
+                           f"{synthetic.data.patients} patients)"}
+    train, holdout = real.data, None
+    if args.holdout:
+        holdout = read("holdout", args.holdout, args.holdout_baseline).data
+        inputs["holdout"] = f"{args.holdout} ({holdout.patients} patients)"
+    elif args.holdout_fraction:
+        train, holdout = split_holdout(real.data, args.holdout_fraction, args.seed)
+        inputs["holdout"] = (f"{holdout.patients} of the {real.data.patients} real patients "
+                             f"({args.holdout_fraction:g}, seed {args.seed}); the other "
+                             f"{train.patients} are the training data")
     else:
-        raise ConfigError(f"{args.name!r} is neither a built-in data set ("
-                          f"{', '.join(dataset_names())}) nor an existing file or folder")
-    print(describe(data, info, top=args.top))
+        inputs["holdout"] = "none"
+    if args.reference_date and not any(
+            s.kind in ("fhir", "csv") for s in (real, synthetic)) and args.holdout is None:
+        raise ConfigError("--reference-date goes with FHIR data or carecourse CSV output, and "
+                          "no input is one")
+    if args.origin_state:
+        inputs["origin state"] = args.origin_state
+    inputs["options"] = (f"bins {options.bins}, model {options.model}, {options.resamples} "
+                         f"bootstrap resamples, seed {options.seed}")
+    report = evaluate(train, synthetic.data, holdout=holdout, options=options,
+                      origin_state=args.origin_state, rename=args.rename, inputs=inputs)
+    out = report.write(args.out)
+    _print_evaluation(report.metrics, out)
+    return 0
+
+
+def _is_dataset(name: str) -> bool:
+    from learned.datasets import dataset_names
+
+    return name in dataset_names()
+
+
+def _print_evaluation(m, out: Path) -> None:
+    from learned.evaluate_report import readings
+
+    print(f"Evaluated {m.synthetic_patients} synthetic against {m.real_patients} real "
+          f"patients" + (f" and {m.holdout_patients} held out" if m.holdout_patients else ""))
+    for section, lines in readings(m).items():
+        print(f"  {section}:")
+        for line in lines:
+            print(f"    {line}")
+    print(f"  report: {(out / 'report.html').resolve()}")
+    print(f"  metrics: {(out / 'metrics.json').resolve()}")
+def _cmd_trial_build(args: argparse.Namespace) -> int:
+    from exporters.trial import build_arm
+    from modules.loader import load_library
+    from simulator.cohort import TableSource, cohort_programs, read_baseline_table
+    from simulator.engine import compile_library
+    from simulator.protocol import load_protocol
+
+    protocol = load_protocol(args.protocol)
+    b = protocol.baseline
+    if b.source == "dataset":
+        from learned.datasets import load_dataset
+
+        assert b.dataset is not None
+        frame = load_dataset(b.dataset).baseline.reset_index(drop=True)
+        name = f"data set {b.dataset}"
+    else:
+        assert b.path is not None
+        frame = read_baseline_table(b.path)
+        name = str(b.path)
+    source = TableSource.filtered(frame, name, b.where, replace=b.replace,
+                                  protocol=protocol)
+    library = load_library(protocol.modules_dir)
+    programs = cohort_programs(protocol, library, compile_library(library))
+    summary = build_arm(protocol, source, programs, args.out, progress=not args.no_progress)
+    print(f"Built {protocol.arm.name!r} of {protocol.name} ({protocol.study_id}): "
+          f"{summary.result.consort.enrolled} patients")
+    for line in summary.result.consort.lines():
+        print(f"  {line}")
+    print(f"  output: {args.out.resolve()} ({', '.join(summary.files)})")
+    return 0
+
+
+def _cmd_trial_compare(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    import orjson
+
+    missing = [m for m in ("lifelines", "scipy") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(f"trial compare needs {' and '.join(missing)}; pip install "
+                          "'carecourse[trial]'")
+
+    from exporters.trial_report import km_figure, render_report, smd_figure, write_atomic
+    from learned.arms import compare_arms, read_real_arm, read_synthetic_arm
+    from learned.borrowing import commensurate_borrowing, hybrid_weights
+
+    if args.hybrid and args.treatment is None:
+        raise ConfigError("--hybrid needs --treatment CSV: the hybrid analysis estimates the "
+                          "treatment effect against real control + synthetic patients")
+    synthetic, record, paramcd = read_synthetic_arm(args.synthetic, args.endpoint)
+    cols = dict(time=args.time, event=args.event, time_unit=args.time_unit)
+    real = read_real_arm(args.real, "real control", **cols)
+    treatment = read_real_arm(args.treatment, "real treatment", **cols) \
+        if args.treatment is not None else None
+    covariates = [c.strip() for c in args.covariates.split(",")] if args.covariates else None
+    hybrid = None
+    extra = {}
+    if args.hybrid:
+        assert treatment is not None
+        hybrid = commensurate_borrowing(treatment, real, synthetic, spike=args.spike,
+                                        slab_scale=args.slab_scale)
+        extra["hybrid"] = hybrid_weights(real, synthetic, hybrid)
+    comparison = compare_arms(synthetic, real, treatment, covariates=covariates,
+                              categorical=args.categorical, horizon=args.horizon,
+                              extra_curves=extra)
+    out = args.out or args.synthetic / "compare"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot create the folder ({exc.strerror})") from None
+    endpoint = next(e for e in record["endpoints"] if e["paramcd"] == paramcd)
+    km_figure(comparison.survival, out / "km.png", title=f"{endpoint['name']} ({paramcd})",
+              horizon=comparison.horizon)
+    smd_figure(comparison.table, out / "smd.png")
+    images = {"km": out / "km.png", "smd": out / "smd.png"}
+    if (args.synthetic / "consort.png").is_file():
+        images["consort"] = args.synthetic / "consort.png"
+    h = comparison.synthetic_vs_real
+    figures = {"endpoint": paramcd, "synthetic_n": synthetic.n, "real_n": real.n,
+               "max_abs_smd": comparison.max_abs_smd, "hr_synth_vs_real": h.hr,
+               "hr_synth_vs_real_low": h.low, "hr_synth_vs_real_high": h.high,
+               "ci_contains_1": h.ci_contains_1, "logrank_p": comparison.logrank_p,
+               "km_max_gap": comparison.km_max_gap, "horizon_days": comparison.horizon}
+    for s in comparison.survival:
+        figures[f"median_{s.arm.replace(' ', '_')}"] = s.median
+    for key, hr in (("trt_vs_real", comparison.treatment_vs_real),
+                    ("trt_vs_synth", comparison.treatment_vs_synthetic)):
+        if hr is not None:
+            figures.update({f"hr_{key}": hr.hr, f"hr_{key}_low": hr.low,
+                            f"hr_{key}_high": hr.high})
+    if hybrid is not None:
+        figures.update({"hr_hybrid": hybrid.hr, "hr_hybrid_low": hybrid.low,
+                        "hr_hybrid_high": hybrid.high,
+                        "effective_borrowed": hybrid.effective_borrowed,
+                        "borrowed_share": hybrid.borrowed_share,
+                        "p_commensurate": hybrid.p_commensurate})
+    context = {"title": f"{record['name']}: synthetic control arm against real data",
+               "build": record, "consort": record["consort"], "endpoint": endpoint,
+               "comparison": comparison, "hybrid": hybrid,
+               "learned": record.get("learned") or {"models": [], "privacy": None},
+               "real_file": str(args.real),
+               "treatment_file": str(args.treatment) if args.treatment else ""}
+    render_report(context, images, out / "report.html")
+    write_atomic(out / "compare.json", orjson.dumps(figures, option=orjson.OPT_INDENT_2
+                                                    | orjson.OPT_SERIALIZE_NUMPY))
+    print(f"{record['name']}: {paramcd}, synthetic n={synthetic.n} vs real n={real.n}")
+    smd = comparison.max_abs_smd
+    print(f"  largest |SMD|: {smd:.3f}" + (" (above 0.1)" if smd > 0.1 else "")
+          if smd is not None else "  no common covariates for Table 1")
+    print(f"  HR synthetic vs real control: {h.hr:.3f} (95% CI {h.low:.3f}-{h.high:.3f})")
+    print(f"  largest Kaplan-Meier gap to day {comparison.horizon:g}: "
+          f"{comparison.km_max_gap:.3f}")
+    if comparison.treatment_vs_real is not None:
+        for label, hr in (("real control", comparison.treatment_vs_real),
+                          ("synthetic control", comparison.treatment_vs_synthetic)):
+            assert hr is not None
+            print(f"  HR treatment vs {label}: {hr.hr:.3f} (95% CI {hr.low:.3f}-{hr.high:.3f})")
+    if hybrid is not None:
+        print(f"  HR treatment vs hybrid control: {hybrid.hr:.3f} (95% CrI {hybrid.low:.3f}-"
+              f"{hybrid.high:.3f}); {hybrid.effective_borrowed:.1f} of {hybrid.synthetic_n} "
+              "synthetic patients borrowed")
+    print(f"  report: {(out / 'report.html').resolve()}")
+    return 0
+
+
+def _edges(text: str | None) -> tuple[tuple[str, str], ...]:
+    if not text:
+        return ()
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        a, sep, b = part.partition(">")
+        if not sep or not a.strip() or not b.strip():
+            raise ConfigError(f"--edges {text!r}: write FROM>TO pairs separated by commas, "
+                              "e.g. randomized>aids,aids>death")
+        out.append((a.strip(), b.strip()))
+    return tuple(out)
+
+
+def _codes(items: list[str]) -> tuple[tuple[str, str, str, str], ...]:
+    out = []
+    for item in items:
+        state, sep, rest = item.partition("=")
+        parts = rest.split("|")
+        if not sep or len(parts) not in (2, 3) or not all(p.strip() for p in parts[:2]):
+            raise ConfigError(f"--code {item!r}: write STATE=SYSTEM|CODE|DISPLAY, e.g. "
+                              "aids=SNOMED-CT|62479008|AIDS")
+        display = parts[2].strip() if len(parts) == 3 else parts[1].strip()
+        out.append((state.strip(), parts[0].strip(), parts[1].strip(), display))
+    return tuple(out)
+
+
+def _cmd_learn(args: argparse.Namespace) -> int:
+    from learned.covariates import Covariate
+    from learned.learn import FHIR_SOURCES, PUBLIC, LearnConfig, learn
+    from learned.ledger import default_ledger_dir
+    from learned.sources import read_source
+
+    source = read_source(args.data, baseline=args.baseline, table=_table_options(args),
+                         reference_date=args.reference_date)
+    data, info = source.data, source.info
+    facts = PUBLIC.get(info.name) if info is not None else None
+    known = dict(facts.covariates) if facts else {}
+    config = LearnConfig(
+        epsilon=args.epsilon, delta=args.delta,
+        covariates=tuple(Covariate.parse(c, known) for c in args.covariate),
+        bin_days=args.bin_days or (facts.bin_days if facts else 30.0),
+        max_bins=args.bins or (facts.bins if facts else 24), time_knots=args.time_knots,
+        structure=args.structure,
+        states=tuple(x.strip() for x in (args.states or "").split(",") if x.strip()),
+        edges=_edges(args.edges), max_transitions=args.max_transitions,
+        min_count=args.min_count, count_share=args.count_share, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, max_grad_norm=args.max_grad_norm,
+        seed=args.seed, device=args.device, name=args.name, start_age=args.start_age,
+        codes=_codes(args.code), budget=args.budget)
+    result = learn(data, config, args.out, ledger_dir=args.ledger_dir or default_ledger_dir(),
+                   facts=facts, sources=FHIR_SOURCES if source.kind in ("fhir", "csv") else None,
+                   progress=not args.no_progress)
+    print(f"  module:  {result.module}  (carecourse run --modules-dir {args.out})")
+    print(f"  model:   {result.weights} and its card {result.card}")
+    print(f"  ledger:  {result.ledger}")
+    print(f"  figures: {', '.join(str(p) for p in result.pictures)}")
     return 0
 
 

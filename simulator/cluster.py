@@ -30,12 +30,14 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from modules.errors import ConfigError, OutputError, SimulationError
+from modules.extensions import sha256_file
 from simulator.population import (
     RunConfig,
     RunSummary,
@@ -44,9 +46,8 @@ from simulator.population import (
     _simulate_range,
 )
 
-__all__ = ["run_on_dask", "plan_partitions", "DEFAULT_PARTITION_SIZE"]
+__all__ = ["run_on_dask", "plan_partitions", "default_partition_size"]
 
-DEFAULT_PARTITION_SIZE = 100
 PARTS = "parts"
 MANIFEST = "manifest.json"
 RECORD = "_partition.json"
@@ -62,34 +63,36 @@ QUIET_WORKERS = {
 }
 
 
+def default_partition_size(population: int) -> int:
+    """Patients per partition when the user does not say: about a hundredth of the
+    population, between 10 and 100. It depends on the population only (never on the
+    workers), so a rerun of the same command sees the same partitions. Small partitions
+    keep the end of a run short, when the last partitions finish one by one while other
+    workers have nothing left to do; 100 keeps the task count of large runs modest."""
+    return max(10, min(100, -(-population // 100)))
+
+
 def plan_partitions(population: int, size: int) -> list[tuple[int, int, int]]:
     """(partition number, first index, stop index) for every partition."""
     return [(k, a, min(population, a + size)) for k, a in enumerate(range(0, population, size))]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _files(folder: Path) -> dict[str, dict[str, Any]]:
-    return {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+    return {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != RECORD}
 
 
 def _library_digest(config: RunConfig) -> str:
-    """A digest of the module files the run reads, so a resume with edited modules is
-    refused instead of mixing two libraries in one population."""
-    from modules.loader import load_library
+    """A digest of the module files the run reads (with learned models' weights and cards
+    kept beside them), so a resume with edited modules is refused instead of mixing two
+    libraries in one population. (It reads the bytes only: the library was loaded and
+    checked once already.)"""
+    from modules.loader import default_library_path
 
-    lib = load_library(config.modules_dir, lenient=True)
-    root = Path(lib.root)
+    root = Path(config.modules_dir) if config.modules_dir is not None else default_library_path()
     h = hashlib.sha256()
     for p in sorted(root.rglob("*")):
-        if p.is_file() and p.suffix in (".json", ".csv"):
+        if p.is_file() and p.suffix in (".json", ".csv", ".pt"):
             h.update(str(p.relative_to(root)).encode())
             h.update(p.read_bytes())
     return h.hexdigest()
@@ -110,6 +113,7 @@ def fingerprint(config: RunConfig, sinks: list[Any], size: int) -> str:
         "reference_date": str(config.reference_date), "end_date": str(config.end_date),
         "years_of_history": config.years_of_history, "modules": list(config.modules),
         "lenient": config.lenient, "partition_size": size,
+        "learned_fallback": config.learned_fallback, "extensions": list(config.extensions),
         "library": _library_digest(config),
         "sinks": [[s.name, sorted((k, repr(v)) for k, v in vars(s).items())] for s in sinks],
     }
@@ -175,7 +179,7 @@ def _finished(parts: Path, k: int) -> dict[str, Any] | None:
         return None
     for rel, meta in record.get("files", {}).items():
         p = final / rel
-        if not p.is_file() or p.stat().st_size != meta["bytes"] or _sha256(p) != meta["sha256"]:
+        if not p.is_file() or p.stat().st_size != meta["bytes"] or sha256_file(p) != meta["sha256"]:
             return None
     return record
 
@@ -206,8 +210,15 @@ def _client(workers: int | None, scheduler: str | None) -> Any:
     return Client(cluster)
 
 
+def _close(client: Any, workers: int | None) -> None:
+    cluster = getattr(client, "cluster", None)
+    client.close()
+    if cluster is not None and workers is not None:
+        cluster.close()
+
+
 def run_on_dask(config: RunConfig, sinks: list[Any], *, workers: int | None = None,
-                scheduler: str | None = None, partition_size: int = DEFAULT_PARTITION_SIZE,
+                scheduler: str | None = None, partition_size: int | None = None,
                 progress: bool = True, retries: int = 2,
                 on_partition: Callable[[Any, dict[str, Any]], None] | None = None
                 ) -> RunSummary:
@@ -221,51 +232,78 @@ def run_on_dask(config: RunConfig, sinks: list[Any], *, workers: int | None = No
                           "ADDRESS (an existing one)")
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
+    if partition_size is None:
+        partition_size = default_partition_size(config.population)
     if partition_size < 1:
         raise ConfigError(f"--partition-size must be at least 1, got {partition_size}")
     _check_out(config.out)
-    _prepare(config)  # fail fast, here, on a broken library
     for s in sinks:
         if (config.out / s.name).exists():
             raise OutputError(f"{config.out / s.name}: already exists; choose an empty --out "
                               f"folder")
     t0 = time.perf_counter()
-    parts = config.out / PARTS
-    parts.mkdir(exist_ok=True)
-    fp = fingerprint(config, sinks, partition_size)
-    manifest_path = parts / MANIFEST
-    if manifest_path.exists():
+    # A local cluster takes seconds to start (processes, imports): start it now, in the
+    # background, while this process checks the library and the folder.
+    starting = None
+    if workers is not None:
+        starting = ThreadPoolExecutor(max_workers=1, thread_name_prefix="carecourse-cluster")
+        pending = starting.submit(_client, workers, None)
+    client = None
+    try:
+        _prepare(config)  # fail fast, here, on a broken library
+        parts = config.out / PARTS
+        parts.mkdir(exist_ok=True)
+        fp = fingerprint(config, sinks, partition_size)
+        manifest_path = parts / MANIFEST
+        if manifest_path.exists():
+            try:
+                old = orjson.loads(manifest_path.read_bytes())
+            except orjson.JSONDecodeError:
+                old = {}
+            if old.get("fingerprint") != fp:
+                raise ConfigError(f"{parts}: holds an interrupted run with other settings "
+                                  f"(options, formats, partition size or modules); rerun that "
+                                  f"exact command to finish it, or choose another --out")
+        plan = plan_partitions(config.population, partition_size)
+        for leftover in parts.glob(".part-*.tmp"):
+            shutil.rmtree(leftover, ignore_errors=True)  # from tasks killed mid-way
+        done: dict[int, dict[str, Any]] = {}
+        for k, _a, _b in plan:
+            rec = _finished(parts, k)
+            if rec is not None:
+                done[k] = rec
+            elif (parts / f"part-{k:06d}").exists():
+                shutil.rmtree(parts / f"part-{k:06d}")  # damaged: compute it again
+        todo = [(k, a, b) for k, a, b in plan if k not in done]
         try:
-            old = orjson.loads(manifest_path.read_bytes())
-        except orjson.JSONDecodeError:
-            old = {}
-        if old.get("fingerprint") != fp:
-            raise ConfigError(f"{parts}: holds an interrupted run with other settings (options, "
-                              f"formats, partition size or modules); rerun that exact command "
-                              f"to finish it, or choose another --out")
-    plan = plan_partitions(config.population, partition_size)
-    for leftover in parts.glob(".part-*.tmp"):
-        shutil.rmtree(leftover, ignore_errors=True)  # from tasks killed mid-way
-    done: dict[int, dict[str, Any]] = {}
-    for k, _a, _b in plan:
-        rec = _finished(parts, k)
-        if rec is not None:
-            done[k] = rec
-        elif (parts / f"part-{k:06d}").exists():
-            shutil.rmtree(parts / f"part-{k:06d}")  # damaged: compute it again
+            if starting is not None:
+                client = pending.result()
+            elif todo:
+                client = _client(None, scheduler)
+        except BaseException:
+            if not done:
+                shutil.rmtree(parts, ignore_errors=True)
+            raise
+        if client is not None and not todo:
+            _close(client, workers)
+            client = None
+    except BaseException:
+        if starting is not None:
+            # the cluster may still be starting: wait for it, then shut it down
+            try:
+                _close(pending.result(), workers)
+            except BaseException:  # the first error is the one to report
+                pass
+        raise
+    finally:
+        if starting is not None:
+            starting.shutdown(wait=False)
 
     def save_manifest() -> None:
         _write_json(manifest_path, {"fingerprint": fp, "population": config.population,
                                     "run_seed": config.seed, "partition_size": partition_size,
                                     "partitions": [done[k] for k in sorted(done)]})
 
-    todo = [(k, a, b) for k, a, b in plan if k not in done]
-    try:
-        client = _client(workers, scheduler) if todo else None
-    except BaseException:
-        if not done:
-            shutil.rmtree(parts, ignore_errors=True)
-        raise
     save_manifest()
     bar = tqdm(total=config.population, unit="patients", disable=not progress, smoothing=0.1,
                dynamic_ncols=True, initial=sum(done[k]["patients"] for k in done))
@@ -292,10 +330,7 @@ def run_on_dask(config: RunConfig, sinks: list[Any], *, workers: int | None = No
                     on_partition(client, rec)
         finally:
             bar.close()
-            cluster = getattr(client, "cluster", None)
-            client.close()
-            if cluster is not None and workers is not None:
-                cluster.close()
+            _close(client, workers)
     bar.close()
     if failed:
         k, exc = failed[0]
@@ -309,12 +344,19 @@ def run_on_dask(config: RunConfig, sinks: list[Any], *, workers: int | None = No
     folders = [parts / f"part-{k:06d}" for k, _a, _b in plan]
     for s in sinks:
         s.merge([f / s.name for f in folders], config.out)
+    # Files the sinks moved unchanged (FHIR bundles, C-CDA documents) keep the checksum
+    # their partition computed; only joined files (CSV, ndjson) are read again.
+    known = {rel: meta for k in done for rel, meta in done[k].get("files", {}).items()}
     outputs = {}
     for s in sinks:
         for p in sorted((config.out / s.name).rglob("*")):
             if p.is_file():
-                outputs[str(p.relative_to(config.out))] = {"bytes": p.stat().st_size,
-                                                           "sha256": _sha256(p)}
+                rel = str(p.relative_to(config.out))
+                size = p.stat().st_size
+                meta = known.get(rel)
+                outputs[rel] = (meta if meta is not None and meta["bytes"] == size and
+                                s.name in ("fhir", "ccda")
+                                else {"bytes": size, "sha256": sha256_file(p)})
     _write_json(config.out / MANIFEST, {
         "run_seed": config.seed, "population": config.population,
         "partition_size": partition_size,

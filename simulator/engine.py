@@ -19,6 +19,7 @@ from modules.errors import ModuleError, SimulationError
 from modules.gmf import normalize_condition_type, transition_key
 from modules.loader import Module, ModuleLibrary
 from modules.mortality import DeathShare
+from simulator.extensions import delay_site, learned_kind, plain_gmf
 from simulator.person import Person
 from simulator.record import Code, Encounter, Entry
 from simulator.states import TERMINAL, CompiledState, compile_state
@@ -46,24 +47,48 @@ class Program:
         self.death_shares = death_shares
 
 
-def compile_module(module: Module, library: ModuleLibrary | None) -> Program:
-    """Compile every state of ``module``. Raises ModuleError naming file and state."""
+def compile_module(module: Module, library: ModuleLibrary | None, *,
+                   use_fallbacks: bool = False) -> Program:
+    """Compile every state of ``module``. Raises ModuleError naming file and state.
+
+    Learned keys are compiled by their registered kinds; with ``use_fallbacks`` they are
+    replaced by their plain GMF fallbacks instead (see :mod:`simulator.extensions`)."""
     states: dict[str, CompiledState] = {}
     for name, spec in module.states.items():
         where = f"{module.path}: states.{name}"
+        if use_fallbacks:
+            spec = plain_gmf(spec)
         try:
-            nxt = compile_transition(name, spec, library)
+            nxt = compile_transition(name, spec, library, module.path)
         except ModuleError as exc:
-            raise ModuleError(f"{where}: {exc}") from None
+            msg = str(exc)
+            raise ModuleError(msg if msg.startswith(str(module.path)) else f"{where}: {msg}") \
+                from None
         except (KeyError, TypeError, ValueError) as exc:
             raise ModuleError(f"{where}: malformed transition ({type(exc).__name__}: {exc})") from None
         states[name] = compile_state(name, spec, nxt, where)
+        if "learned_delay" in spec:
+            _learned_delay(states[name], module)
         if library is not None:
             _fast_forward(states[name], library)
         _skip_loop(states[name])
     if "Initial" not in states:
         raise ModuleError(f"{module.path}: module has no 'Initial' state")
     return Program(module.key, module.name, states)
+
+
+def _learned_delay(state: CompiledState, module: Module) -> None:
+    """A Delay whose dwell time comes from a learned model: one timeout of the drawn
+    length (an infinite one never ends)."""
+    site = delay_site(module.path, state.name, state.spec)
+    fallback = compile_duration(state.spec)
+    assert fallback is not None  # validation: a Delay has exact, range or distribution
+    duration = learned_kind(site).delay(site, fallback)
+
+    def process(run: Any, t: float) -> Any:
+        d = duration(run, t)
+        return run.env.event() if d == math.inf else run.env.timeout(d)
+    state.process = process
 
 
 def _fast_forward(state: CompiledState, library: ModuleLibrary) -> None:
@@ -321,9 +346,12 @@ def _skip_loop(state: CompiledState) -> None:
     state.skip = LoopSkip(state.name, state.spec, state.next, dur, step, frozenset(reads))
 
 
-def compile_library(library: ModuleLibrary) -> dict[str, Program]:
-    """Programs for every module of a library, by key."""
-    programs = {key: compile_module(m, library) for key, m in library.modules.items()}
+def compile_library(library: ModuleLibrary, *, use_fallbacks: bool = False
+                    ) -> dict[str, Program]:
+    """Programs for every module of a library, by key (``use_fallbacks``: see
+    :func:`compile_module`)."""
+    programs = {key: compile_module(m, library, use_fallbacks=use_fallbacks)
+                for key, m in library.modules.items()}
     for key, shares in library.death_shares.items():
         programs[key].death_shares = shares
     return programs
@@ -365,7 +393,7 @@ class ModuleRun:
     """One patient's progress through one module (or submodule)."""
 
     __slots__ = ("person", "env", "program", "module_name", "ctx", "state_name", "last_seq",
-                 "last_exit", "history", "hooks", "programs", "top", "top_key")
+                 "last_exit", "history", "hooks", "programs", "top", "top_key", "entered")
 
     def __init__(self, person: Person, program: Program, programs: dict[str, Program],
                  hooks: Any = None, *, ctx: Shared | None = None, module_name: str | None = None,
@@ -377,6 +405,8 @@ class ModuleRun:
         self.module_name = module_name or program.name
         self.ctx = ctx or Shared()
         self.state_name = "Initial"
+        #: When the current state was entered (learned transitions read the time in state).
+        self.entered = self.env.now if self.env is not None else 0.0
         self.last_seq: dict[str, int] = {}
         self.last_exit: dict[str, float | None] = {}
         self.history: list[list[Any]] | None = [] if keep_history else None
@@ -435,6 +465,7 @@ def run_module(run: ModuleRun) -> Generator[Any, Any, bool]:
                 f"Encounter to let time pass")
         name = state.name
         run.state_name = name
+        run.entered = t
         if recording:
             run.enter(name, t)
         else:

@@ -20,6 +20,7 @@ import numpy as np
 import simpy
 
 from modules.errors import ConfigError, OutputError
+from modules.extensions import uses_learned_keys
 from modules.loader import ModuleLibrary, load_library
 from simulator.demographics import sample_demographics
 from simulator.engine import ModuleRun, Program, compile_library, run_module
@@ -32,6 +33,7 @@ __all__ = [
     "PatientWriter",
     "RunSummary",
     "patient_seed",
+    "load_extensions",
     "simulate_patient",
     "run_population",
 ]
@@ -54,6 +56,13 @@ class RunConfig:
     out: Path = Path("output")
     processes: int = 1
     lenient: bool = False
+    #: Modules to import, in this process and in every worker, before compiling a library
+    #: that has learned keys: each registers the learned model kinds it provides
+    #: (``carecourse run`` names ``learned.runtime``). Named, not imported by the engine,
+    #: so that it does not depend on them, and imported only when a module needs them.
+    extensions: tuple[str, ...] = ()
+    #: Run learned transitions and delays by their plain GMF fallbacks (no models loaded).
+    learned_fallback: bool = False
 
     @property
     def end(self) -> float:
@@ -185,12 +194,29 @@ _WORKER: dict[str, Any] = {}
 
 
 def _library(config: RunConfig) -> ModuleLibrary:
-    return load_library(config.modules_dir, lenient=config.lenient)
+    return load_library(config.modules_dir, lenient=config.lenient,
+                        check_models=not config.learned_fallback)
+
+
+def load_extensions(names: tuple[str, ...]) -> None:
+    """Import the extension modules a run names (they register learned kinds); a name that
+    cannot be imported raises ConfigError."""
+    import importlib
+
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(f"cannot import the extension {name!r} ({exc}); install the "
+                              "package that provides it") from None
 
 
 def _prepare(config: RunConfig) -> tuple[dict[str, Program], list[str]]:
     lib = _library(config)
-    programs = compile_library(lib)
+    if not config.learned_fallback and any(uses_learned_keys(m.spec)
+                                           for m in lib.modules.values()):
+        load_extensions(config.extensions)
+    programs = compile_library(lib, use_fallbacks=config.learned_fallback)
     top = [m.key for m in lib.select(list(config.modules) or None)]
     return programs, top
 

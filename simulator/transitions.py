@@ -1,46 +1,23 @@
-"""GMF transitions compiled into ``next(run, t) -> state name`` functions, and the registry
-of transition kinds that learned models plug into.
+"""GMF transitions compiled into ``next(run, t) -> state name`` functions.
 
-Built-in kinds are the six of GMF. A user (or ``learned``) extends the engine with
-:func:`register_transition_kind`; the GMF extension key ``learned_transition`` names a
-registered model kind and carries a plain GMF ``fallback`` used when no such model is
-registered.
+The six kinds of GMF are built in. The extension key ``learned_transition`` is compiled by
+the learned model kind it names (registered in :mod:`simulator.extensions`), through the
+same ``next(run, t)`` interface as a rule; its plain GMF ``fallback`` is compiled here and
+handed to the kind.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from modules.errors import ConfigError, ModuleError, SimulationError
+from modules.errors import ModuleError, SimulationError
 from modules.gmf import transition_key
+from simulator.extensions import LearnedSite, Next, learned_kind
 from simulator.logic import compile_condition
 from simulator.person import date_of
 
-__all__ = [
-    "Next",
-    "compile_transition",
-    "register_transition_kind",
-    "transition_kinds",
-]
-
-Next = Callable[[Any, float], str]
-TransitionBuilder = Callable[[dict[str, Any], str, Any], Next]
-
-_LEARNED: dict[str, Callable[[dict[str, Any], str, Any, Next], Next]] = {}
-
-
-def register_transition_kind(name: str,
-                             builder: Callable[[dict[str, Any], str, Any, Next], Next]) -> None:
-    """Register a learned transition kind. ``builder(spec, state_name, library, fallback)``
-    returns the ``next(run, t)`` function. A duplicate name raises ConfigError."""
-    if name in _LEARNED:
-        raise ConfigError(f"transition kind {name!r} is already registered")
-    _LEARNED[name] = builder
-
-
-def transition_kinds() -> list[str]:
-    return sorted(_LEARNED)
+__all__ = ["Next", "compile_transition"]
 
 
 def _pick(u: float, probs: list[float], targets: list[str]) -> str:
@@ -155,8 +132,11 @@ def _type_of_care(spec: dict[str, Any]) -> Next:
     return nxt
 
 
-def compile_transition(state_name: str, state: dict[str, Any], library: Any) -> Next | None:
-    """``next(run, t)`` for a state's transition, or None for a Terminal."""
+def compile_transition(state_name: str, state: dict[str, Any], library: Any,
+                       module_path: Path | None = None) -> Next | None:
+    """``next(run, t)`` for a state's transition, or None for a Terminal. A
+    ``learned_transition`` is compiled by its registered kind (ModuleError when none is);
+    ``module_path`` is what its model path is relative to."""
     key = transition_key(state)
     if state.get("type") == "Physiology" or key is None:
         # No physiology solver: take the transition meant for simulation switched off.
@@ -178,7 +158,7 @@ def compile_transition(state_name: str, state: dict[str, Any], library: Any) -> 
     if key == "learned_transition":
         fallback = compile_transition(state_name, spec["fallback"], library)
         assert fallback is not None
-        builder = _LEARNED.get(str(spec.get("kind", "learned")))
-        return fallback if builder is None else builder(spec, state_name, library, fallback)
+        site = LearnedSite(module_path, state_name, key, spec)
+        return learned_kind(site).transition(site, fallback)
     raise ModuleError(f"state {state_name}: unknown transition {key}")
 

@@ -107,3 +107,14 @@ def harness(generic_programs):
     def factory(**kw) -> Harness:
         return make_harness(generic_programs, **kw)
     return factory
+
+
+def run_cli(*args: object) -> int:
+    """Run the ``carecourse`` command line in-process with these arguments; argparse's own
+    usage errors come back as their exit code."""
+    from simulator.cli import main
+
+    try:
+        return main([str(a) for a in args])
+    except SystemExit as exc:
+        return int(exc.code or 0)

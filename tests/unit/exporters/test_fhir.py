@@ -1,44 +1,24 @@
 """FHIR R4 export: every bundle and ndjson resource validates with fhir.resources, and the
-references that no validator checks resolve to resources of the right type."""
+references that no validator checks resolve to resources of the right type. The export is
+the session fixture ``exported`` (tests/unit/exporters/conftest.py), which
+test_us_core.py validates against the US Core profiles."""
 
 from __future__ import annotations
 
-import datetime as dt
 import gzip
 import json
 from functools import cache
 from pathlib import Path
 
-import pytest
 from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.bundle import Bundle
 from jsonschema import Draft6Validator
-
-from exporters.fhir import FhirSink, NdjsonSink
-from modules.loader import load_library
-from simulator.population import RunConfig, run_population
-from tests.conftest import SYNTHEA_MODULES
 
 #: Where a reference field must point.
 TARGET = {"subject": "Patient", "patient": "Patient", "encounter": "Encounter",
           "result": "Observation", "addresses": "Condition", "careTeam": "CareTeam",
           "goal": "Goal", "medicationReference": "Medication",
           "managingOrganization": "Organization"}
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("fhir")
-    modules_dir = SYNTHEA_MODULES if SYNTHEA_MODULES.is_dir() else None
-    config = RunConfig(population=200, seed=9, reference_date=dt.date(2024, 6, 30),
-                       years_of_history=10, modules_dir=modules_dir, out=out, processes=2)
-    load_library(modules_dir)  # fail early with a clear message if the library is broken
-    end = config.end
-    history = config.years_of_history
-    run_population(config, [FhirSink(end=end, years_of_history=history),
-                            NdjsonSink(end=end, years_of_history=history, transaction_time="x")],
-                   progress=False)
-    return out
 
 
 def bundles(out: Path) -> list[dict]:

@@ -94,3 +94,14 @@ def test_impossible_options_are_refused(kwargs, message, tmp_path):
         kwargs = {**kwargs, "ca_cert": Path(kwargs["ca_cert"])}
     with pytest.raises(ConfigError, match=message):
         ServerOptions(**kwargs).check()
+
+
+def test_shared_bundles_go_first_providers_then_a_trial_study(tmp_path):
+    from exporters.upload import _ordered_files
+
+    for name in ("a_patient.json", "researchStudy.json", "practitionerInformation.json",
+                 "hospitalInformation.json", "z_patient.json"):
+        (tmp_path / name).write_text("{}")
+    assert [p.name for p in _ordered_files(tmp_path)] == [
+        "hospitalInformation.json", "practitionerInformation.json", "researchStudy.json",
+        "a_patient.json", "z_patient.json"]

@@ -97,6 +97,8 @@ def test_without_noise_the_probabilities_come_back_within_0_02(stays):
 def test_at_epsilon_1_within_0_05_and_the_budget_is_kept(stays):
     from opacus.accountants import RDPAccountant
 
+    from learned.privacy import ALPHAS
+
     result = train(stays, SPEC, epsilon=1.0, delta=1e-5, seed=1)
     assert result.epsilon is not None and result.epsilon <= 1.0
     for male in (0.0, 1.0):
@@ -110,7 +112,9 @@ def test_at_epsilon_1_within_0_05_and_the_budget_is_kept(stays):
     assert result.steps == result.epochs * batches
     acc = RDPAccountant()
     acc.history = [(result.noise_multiplier, 1 / batches, result.steps)]
-    assert acc.get_epsilon(1e-5) == pytest.approx(result.epsilon, rel=1e-6)
+    assert acc.get_epsilon(1e-5, alphas=list(ALPHAS)) == pytest.approx(result.epsilon, rel=1e-6)
+    # Opacus's default orders give the same bound, or a looser one.
+    assert acc.get_epsilon(1e-5) >= result.epsilon * (1 - 1e-9)
 
 
 def test_exits_that_the_spec_does_not_know_are_refused():
