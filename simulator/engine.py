@@ -18,6 +18,7 @@ from typing import Any
 from modules.errors import ModuleError, SimulationError
 from modules.gmf import normalize_condition_type, transition_key
 from modules.loader import Module, ModuleLibrary
+from simulator import facts
 from simulator.person import Person
 from simulator.record import Code, Encounter, Entry
 from simulator.states import TERMINAL, CompiledState, compile_state
@@ -33,13 +34,17 @@ _MAX_INSTANT_STEPS = 100_000
 class Program:
     """A module compiled for execution."""
 
-    __slots__ = ("key", "name", "states", "initial")
+    __slots__ = ("key", "name", "states", "initial", "background_excludes")
 
-    def __init__(self, key: str, name: str, states: dict[str, CompiledState]) -> None:
+    def __init__(self, key: str, name: str, states: dict[str, CompiledState],
+                 background_excludes: tuple[str, ...] = ()) -> None:
         self.key = key
         self.name = name
         self.states = states
         self.initial = states["Initial"]
+        #: Causes of death this module simulates itself, so background mortality leaves
+        #: them out (the carecourse extension key ``background_mortality_excludes``).
+        self.background_excludes = background_excludes
 
 
 def compile_module(module: Module, library: ModuleLibrary | None) -> Program:
@@ -59,7 +64,21 @@ def compile_module(module: Module, library: ModuleLibrary | None) -> Program:
         _skip_loop(states[name])
     if "Initial" not in states:
         raise ModuleError(f"{module.path}: module has no 'Initial' state")
-    return Program(module.key, module.name, states)
+    return Program(module.key, module.name, states, _background_excludes(module))
+
+
+def _background_excludes(module: Module) -> tuple[str, ...]:
+    causes = module.spec.get("background_mortality_excludes") or []
+    known = facts.mortality_causes()
+    if not isinstance(causes, list) or not all(isinstance(c, str) for c in causes):
+        raise ModuleError(f"{module.path}: background_mortality_excludes must be a list of "
+                          f"cause names, one of {', '.join(known)}")
+    unknown = [c for c in causes if c not in known]
+    if unknown:
+        raise ModuleError(f"{module.path}: background_mortality_excludes: unknown cause "
+                          f"{unknown[0]!r}; known: {', '.join(known)} (simulator/data/"
+                          f"cause_death_rates.csv)")
+    return tuple(causes)
 
 
 def _fast_forward(state: CompiledState, library: ModuleLibrary) -> None:
