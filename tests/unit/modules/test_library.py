@@ -11,6 +11,10 @@ import pytest
 
 from modules.loader import default_library_path, validate_library
 from simulator.population import RunConfig, _prepare, simulate_patient
+from tests.unit.modules.records import (
+    assert_no_medication_before_its_reason,
+    assert_nothing_after_death,
+)
 
 REF = dt.date(2025, 1, 1)
 N = 400  # patients aged 40-90: long enough lives to reach childhood and adult conditions
@@ -40,7 +44,12 @@ KEY_CONDITIONS = [
     ("depression", {"36923009", "66344007"}, 0.10, 0.45),
     ("anxiety", {"21897009"}, 0.02, 0.20),
 ]
-PREGNANCY = {"72892002", "77386006"}  # Normal pregnancy, Pregnancy (finding)
+# Normal pregnancy, Pregnant, miscarriage (first, second trimester), ectopic pregnancy,
+# gestational diabetes, pre-eclampsia
+PREGNANCY = {"72892002", "77386006", "19169002", "85116003", "34801009", "11687002", "398254007"}
+# modules whose key states test_library_acute.py checks
+ACUTE = {"bronchitis", "injuries", "pregnancy", "contraception", "allergies", "tobacco", "alcohol",
+         "opioids", "hiv", "covid19", "covid19_vaccination"}
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +66,7 @@ def test_every_module_validates():
 
 def test_every_top_level_module_is_exercised():
     library, _errors, _warnings = validate_library(default_library_path())
-    tested = {m for m, *_ in KEY_CONDITIONS} | {"wellness_encounters"}
+    tested = {m for m, *_ in KEY_CONDITIONS} | {"wellness_encounters"} | ACUTE
     assert set(library.top_level()) <= tested
 
 
@@ -72,13 +81,7 @@ def test_key_condition_is_reached_at_a_plausible_rate(population, module, codes,
 
 
 def test_no_medication_before_its_reason_is_diagnosed(population):
-    for p in population:
-        onset: dict[str, float] = {}
-        for c in p.record.conditions:
-            onset[c.codes[0].code] = min(onset.get(c.codes[0].code, math.inf), c.start)
-        for m in p.record.medications:
-            if m.reason is not None:
-                assert onset.get(m.reason.code, math.inf) <= m.start + 1e-9, (m.state, m.reason)
+    assert_no_medication_before_its_reason(population)
 
 
 def test_no_pregnancy_for_men(population):
@@ -88,13 +91,7 @@ def test_no_pregnancy_for_men(population):
 
 
 def test_nothing_after_death(population):
-    dead = [p for p in population if p.death is not None]
-    assert dead, "a population aged 40-90 should include deaths"
-    for p in dead:
-        rec = p.record
-        for kind in rec.__slots__:
-            for e in getattr(rec, kind):
-                assert e.start <= p.death + 1e-9, (kind, e.state)
+    assert_nothing_after_death(population)
 
 
 def test_shared_attributes_link_the_modules(population):
