@@ -4,9 +4,7 @@ them, reporting every problem at once with file, state and JSON path.
 A *library* is a folder: top-level modules are the ``*.json`` files directly in it;
 submodules live in subfolders and are named by their path without ``.json``
 (``medications/statin``); lookup tables are ``lookup_tables/*.csv``; learned models (weights
-and model cards, which ``learned_transition`` keys point to) live under ``models/``; an
-optional ``module_deaths.csv`` says how much of the background mortality the modules cause
-(see :mod:`modules.mortality`).
+and model cards, which ``learned_transition`` keys point to) live under ``models/``.
 
 >>> from modules.loader import load_library
 >>> lib = load_library()                       # the embedded default library
@@ -36,7 +34,6 @@ from modules.gmf import (
     transition_key,
 )
 from modules.lookup import LookupTable, load_lookup_table
-from modules.mortality import DEATHS_FILE, DeathShare, load_death_shares
 
 __all__ = [
     "Module",
@@ -85,8 +82,6 @@ class ModuleLibrary:
     modules: dict[str, Module]
     lookup_tables: dict[str, LookupTable] = field(default_factory=dict)
     warnings: list[Problem] = field(default_factory=list)
-    # top-level module key -> its deaths as shares of the life table's (module_deaths.csv)
-    death_shares: dict[str, tuple[DeathShare, ...]] = field(default_factory=dict)
 
     def top_level(self) -> list[str]:
         return sorted(k for k, m in self.modules.items() if not m.is_submodule)
@@ -175,6 +170,12 @@ def _check_module(key: str, path: Path, spec: dict[str, Any], library_keys: set[
     elif version > 2:
         err("gmf_version", f"{name} Module specifies GMF version {version}; carecourse reads "
                            f"GMF 1 and 2 modules: use a module written for GMF 2 or earlier")
+    excludes = spec.get("background_mortality_excludes")
+    if excludes is not None and (not isinstance(excludes, list) or not all(
+            isinstance(c, str) and c for c in excludes)):
+        # carecourse's extension key; the engine checks the names against its cause table
+        err("background_mortality_excludes", "must be a list of cause-of-death names "
+                                             "(for example [\"covid19\"])")
     states = spec.get("states")
     if not isinstance(states, dict) or not states:
         err("states", "module needs a non-empty 'states' object")
@@ -372,14 +373,8 @@ def validate_library(root: Path | str, *, check_models: bool = True
     tables, table_problems = _load_tables(root, modules)
     errors = [p for sev, p in found if sev == ERROR] + table_problems
     warnings = [p for sev, p in found if sev == WARNING]
-    shares: dict[str, tuple[DeathShare, ...]] = {}
-    if (root / DEATHS_FILE).is_file():
-        tops = {k for k, m in modules.items() if not m.is_submodule}
-        shares, share_errors, share_warnings = load_death_shares(root / DEATHS_FILE, tops)
-        errors += share_errors
-        warnings += share_warnings
-    return ModuleLibrary(root=root, modules=modules, lookup_tables=tables, warnings=warnings,
-                         death_shares=shares), errors, warnings
+    return ModuleLibrary(root=root, modules=modules, lookup_tables=tables, warnings=warnings), \
+        errors, warnings
 
 
 def load_library(root: Path | str | None = None, *, lenient: bool = False,
@@ -444,7 +439,7 @@ def validate_paths(paths: list[Path | str]) -> tuple[int, list[Problem], list[Pr
             seen_roots[root] = validate_library(root)
         lib, errs, warns = seen_roots[root]
         if p.is_dir():
-            wanted = {str(m.path) for m in lib.modules.values()} | {str(root / DEATHS_FILE)}
+            wanted = {str(m.path) for m in lib.modules.values()}
             count += len(_scan(root))
         else:
             wanted = {str(p.resolve())}

@@ -18,7 +18,7 @@ from typing import Any
 from modules.errors import ModuleError, SimulationError
 from modules.gmf import normalize_condition_type, transition_key
 from modules.loader import Module, ModuleLibrary
-from modules.mortality import DeathShare
+from simulator import facts
 from simulator.extensions import delay_site, learned_kind, plain_gmf
 from simulator.person import Person
 from simulator.record import Code, Encounter, Entry
@@ -35,16 +35,17 @@ _MAX_INSTANT_STEPS = 100_000
 class Program:
     """A module compiled for execution."""
 
-    __slots__ = ("key", "name", "states", "initial", "death_shares")
+    __slots__ = ("key", "name", "states", "initial", "background_excludes")
 
     def __init__(self, key: str, name: str, states: dict[str, CompiledState],
-                 death_shares: tuple[DeathShare, ...] = ()) -> None:
+                 background_excludes: tuple[str, ...] = ()) -> None:
         self.key = key
         self.name = name
         self.states = states
         self.initial = states["Initial"]
-        # the module's deaths as shares of the life table's, taken out of background mortality
-        self.death_shares = death_shares
+        #: Causes of death this module simulates itself, so background mortality leaves
+        #: them out (the carecourse extension key ``background_mortality_excludes``).
+        self.background_excludes = background_excludes
 
 
 def compile_module(module: Module, library: ModuleLibrary | None, *,
@@ -74,7 +75,21 @@ def compile_module(module: Module, library: ModuleLibrary | None, *,
         _skip_loop(states[name])
     if "Initial" not in states:
         raise ModuleError(f"{module.path}: module has no 'Initial' state")
-    return Program(module.key, module.name, states)
+    return Program(module.key, module.name, states, _background_excludes(module))
+
+
+def _background_excludes(module: Module) -> tuple[str, ...]:
+    causes = module.spec.get("background_mortality_excludes") or []
+    known = facts.mortality_causes()
+    if not isinstance(causes, list) or not all(isinstance(c, str) for c in causes):
+        raise ModuleError(f"{module.path}: background_mortality_excludes must be a list of "
+                          f"cause names, one of {', '.join(known)}")
+    unknown = [c for c in causes if c not in known]
+    if unknown:
+        raise ModuleError(f"{module.path}: background_mortality_excludes: unknown cause "
+                          f"{unknown[0]!r}; known: {', '.join(known)} (simulator/data/"
+                          f"cause_death_rates.csv)")
+    return tuple(causes)
 
 
 def _learned_delay(state: CompiledState, module: Module) -> None:
@@ -350,11 +365,8 @@ def compile_library(library: ModuleLibrary, *, use_fallbacks: bool = False
                     ) -> dict[str, Program]:
     """Programs for every module of a library, by key (``use_fallbacks``: see
     :func:`compile_module`)."""
-    programs = {key: compile_module(m, library, use_fallbacks=use_fallbacks)
-                for key, m in library.modules.items()}
-    for key, shares in library.death_shares.items():
-        programs[key].death_shares = shares
-    return programs
+    return {key: compile_module(m, library, use_fallbacks=use_fallbacks)
+            for key, m in library.modules.items()}
 
 
 class Shared:

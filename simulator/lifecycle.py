@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Generator
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
-from modules.mortality import DeathShare
 from simulator import facts
 from simulator.person import WATCH_VITAL, Person, WellnessVisit
 from simulator.record import Code, Encounter, Immunization
 
-__all__ = ["Lifecycle", "background_survival", "sample_age_at_death"]
+__all__ = ["Lifecycle", "sample_age_at_death"]
 
 _WELLNESS_CODE = (Code("SNOMED-CT", "410620009", "Well child visit (procedure)"),
                   Code("SNOMED-CT", "162673000", "General examination of patient (procedure)"))
@@ -64,12 +62,11 @@ _LABS = {
 _CREATININE = {"M": (1.05, 0.15), "F": (0.82, 0.11)}
 
 
-def sample_age_at_death(rng_u: float, sex: str, death_shares: tuple[DeathShare, ...] = ()) -> float:
+def sample_age_at_death(rng_u: float, sex: str, excluding: frozenset[str] = frozenset()) -> float:
     """Age (years, fractional) at which background mortality ends a life, by inverting the
-    survival curve of the US life table with one uniform draw. ``death_shares`` are the
-    deaths the running modules cause themselves (``module_deaths.csv``): they are taken out of
-    the background hazard, so those causes are not counted twice."""
-    surv = background_survival(sex, death_shares)
+    survival curve of the US life table (without the causes in ``excluding``, which modules
+    simulate themselves) with one uniform draw."""
+    surv = _survival(sex, excluding)
     # surv[a] = probability of surviving to exact age a; find the year in which the
     # survival curve falls below 1 - u.
     target = 1.0 - rng_u
@@ -80,34 +77,31 @@ def sample_age_at_death(rng_u: float, sex: str, death_shares: tuple[DeathShare, 
     return a + min(max(frac, 0.0), 1.0)
 
 
-@lru_cache(maxsize=64)
-def background_survival(sex: str, death_shares: tuple[DeathShare, ...]) -> np.ndarray:
-    """Survival to each exact age 0-101 under the life table with the modules' own deaths
-    taken out: at each age the all-cause hazard -ln(1 - q) is multiplied by one minus the
-    summed shares for that age and sex (never below zero), which is Chiang's cause-deleted
-    life table (Chiang, The Life Table and its Applications, 1984; NCHS uses it for its
-    'United States life tables eliminating certain causes of death')."""
-    q = np.array([facts.annual_death_probability(a, sex) for a in range(0, 101)])
-    removed = np.zeros(101)
-    for d in death_shares:
-        if d.sex == sex:
-            removed[d.age_low:min(d.age_high, 100) + 1] += d.share
-    keep = np.clip(1.0 - removed, 0.0, 1.0)
-    q_bg = 1.0 - np.power(1.0 - np.minimum(q, 1.0 - 1e-12), keep)
-    q_bg[-1] = 1.0  # the open interval at 100: everybody dies
-    return np.concatenate([[1.0], np.cumprod(1.0 - q_bg)])
+_SURV: dict[tuple[str, frozenset[str]], np.ndarray] = {}
+
+
+def _survival(sex: str, excluding: frozenset[str] = frozenset()) -> np.ndarray:
+    key = (sex, excluding)
+    s = _SURV.get(key)
+    if s is None:
+        q = np.array([facts.annual_death_probability(a, sex, excluding) for a in range(0, 101)])
+        q[-1] = 1.0
+        s = np.concatenate([[1.0], np.cumprod(1.0 - q)])
+        _SURV[key] = s
+    return s
 
 
 class Lifecycle:
     """The per-patient processes and the engine hooks."""
 
     def __init__(self, person: Person, env: Any, end: float, stop: Any,
-                 death_shares: tuple[DeathShare, ...] = ()) -> None:
+                 excluded_causes: frozenset[str] = frozenset()) -> None:
         self.person = person
+        #: Causes of death the running modules simulate, taken out of background mortality.
+        self.excluded_causes = excluded_causes
         self.env = env
         self.end = end
         self.stop = stop
-        self.death_shares = death_shares
         u = person.uniform
         self.sex = person.gender
         self.height_z = _normal(u)
@@ -163,7 +157,7 @@ class Lifecycle:
         env.process(self._body_process())
         env.process(self._wellness_process())
         u = self.person.uniform()
-        age = sample_age_at_death(u, self.sex, self.death_shares)
+        age = sample_age_at_death(u, self.sex, self.excluded_causes)
         self.die(self.person, self.person.birth + age * 365.25, _NATURAL_DEATH)
 
     def _body_process(self) -> Generator[Any, Any, None]:

@@ -13,6 +13,10 @@ import pytest
 
 from modules.loader import default_library_path, validate_library
 from simulator.population import RunConfig, _prepare, simulate_patient
+from tests.unit.modules.records import (
+    assert_no_medication_before_its_reason,
+    assert_nothing_after_death,
+)
 
 REF = dt.date(2025, 1, 1)
 N = 400  # patients aged 40-90: long enough lives to reach childhood and adult conditions
@@ -55,7 +59,12 @@ KEY_CONDITIONS = [
 KEY_PROCEDURES = [
     ("end_of_life", {"713603004"}, 0.08, 0.60),  # advance care planning
 ]
-PREGNANCY = {"72892002", "77386006"}  # Normal pregnancy, Pregnancy (finding)
+# Normal pregnancy, Pregnant, miscarriage (first, second trimester), ectopic pregnancy,
+# gestational diabetes, pre-eclampsia
+PREGNANCY = {"72892002", "77386006", "19169002", "85116003", "34801009", "11687002", "398254007"}
+# modules whose key states test_library_acute.py checks
+ACUTE = {"bronchitis", "injuries", "pregnancy", "contraception", "allergies", "tobacco", "alcohol",
+         "opioids", "hiv", "covid19", "covid19_vaccination"}
 WOMEN_ONLY = {"254837009": "breast cancer", "24623002": "screening mammography",
               "241055006": "diagnostic mammography"}
 MEN_ONLY = {"399068003": "prostate cancer", "2857-1": "PSA", "65575008": "prostate biopsy",
@@ -77,7 +86,7 @@ def test_every_module_validates():
 
 def test_every_top_level_module_is_exercised():
     library, _errors, _warnings = validate_library(default_library_path())
-    tested = {m for m, *_ in KEY_CONDITIONS + KEY_PROCEDURES} | {"wellness_encounters"}
+    tested = {m for m, *_ in KEY_CONDITIONS + KEY_PROCEDURES} | {"wellness_encounters"} | ACUTE
     assert set(library.top_level()) <= tested
 
 
@@ -99,13 +108,7 @@ def test_key_state_is_reached_at_a_plausible_rate(population, kind, module, code
 
 
 def test_no_medication_before_its_reason_is_diagnosed(population):
-    for p in population:
-        onset: dict[str, float] = {}
-        for c in p.record.conditions:
-            onset[c.codes[0].code] = min(onset.get(c.codes[0].code, math.inf), c.start)
-        for m in p.record.medications:
-            if m.reason is not None:
-                assert onset.get(m.reason.code, math.inf) <= m.start + 1e-9, (m.state, m.reason)
+    assert_no_medication_before_its_reason(population)
 
 
 def test_no_procedure_care_plan_or_visit_before_its_reason_is_diagnosed(population):
@@ -157,13 +160,7 @@ def test_no_pregnancy_for_men(population):
 
 
 def test_nothing_after_death(population):
-    dead = [p for p in population if p.death is not None]
-    assert dead, "a population aged 40-90 should include deaths"
-    for p in dead:
-        rec = p.record
-        for kind in rec.__slots__:
-            for e in getattr(rec, kind):
-                assert e.start <= p.death + 1e-9, (kind, e.state)
+    assert_nothing_after_death(population)
 
 
 def test_smoking_raises_lung_cancer(population):
