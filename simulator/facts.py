@@ -21,6 +21,7 @@ import numpy as np
 __all__ = [
     "annual_death_probability",
     "mortality_causes",
+    "cause_death_rate",
     "height_cm",
     "bmi",
     "bmi_percentile",
@@ -90,6 +91,16 @@ def _cause_rates() -> dict[str, dict[str, np.ndarray]]:
 def mortality_causes() -> tuple[str, ...]:
     """Causes of death a module may take out of the background life table (sorted)."""
     return tuple(sorted(_cause_rates()))
+
+
+def cause_death_rate(cause: str, age: int, sex: str) -> float:
+    """Published 2021 yearly death rate (deaths per person) of ``cause`` at whole-year
+    ``age`` (0-100; 100 stands for 100 and over) for ``sex``: the rate background mortality
+    leaves out when a module lists the cause. Raises ValueError for an unknown cause."""
+    rates = _cause_rates()
+    if cause not in rates:
+        raise ValueError(f"unknown cause of death {cause!r}; known: {', '.join(mortality_causes())}")
+    return float(rates[cause][_check_sex(sex)][min(max(int(age), 0), 100)])
 
 
 # The background hazard never falls below this share of the all-cause hazard however many
