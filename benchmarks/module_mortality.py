@@ -190,6 +190,7 @@ def draw(panels: dict[str, list[tuple[float, float, float]]], path: Path) -> Non
     os.close(fd)
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
+    os.chmod(tmp, 0o644)  # mkstemp creates files private to the user
     os.replace(tmp, path)
 
 
@@ -223,6 +224,7 @@ def main() -> None:
     fd, tmp = tempfile.mkstemp(dir=args.out.parent, suffix=".json")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(json.dumps(result, indent=2) + "\n")
+    os.chmod(tmp, 0o644)
     os.replace(tmp, args.out)
     draw(panels, args.out.with_suffix(".png"))
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
