@@ -8,7 +8,11 @@ with the targets and sources in benchmarks/data/realism_targets.csv:
 - life expectancy at birth, from a period life table of the simulated deaths and
   person-years in the last ten years before the end date;
 - the share of the living population aged 65 and over;
-- encounters per person-year in the last year.
+- encounters per person-year in the last year;
+- rates of procedures (births) per 1,000 person-years and of encounters of a class
+  (emergency) per person-year in the last year, by age and sex;
+- the share of living people with an active allergy to given substances, and with a given
+  immunization (COVID-19 vaccines) in the exported history.
 
 Writes benchmarks/results/realism.json (``figures``: name, simulated, target, source,
 within_20pct, headline; ``headline_within_20pct``; prevalence by age band and sex) and
@@ -31,7 +35,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
@@ -68,6 +72,10 @@ class Population:
     sex: dict[str, str]
     active: dict[str, set[str]]  # patient -> codes of conditions with no STOP date
     encounters: list[tuple[str, date]]
+    encounter_classes: list[str] = field(default_factory=list)  # parallel to encounters
+    procedures: list[tuple[str, date, str]] = field(default_factory=list)  # patient, start, code
+    allergies: dict[str, set[str]] = field(default_factory=dict)  # patient -> active allergy codes
+    immunizations: dict[str, set[str]] = field(default_factory=dict)  # patient -> CVX codes
 
     def age(self, pid: str, on: date | None = None) -> float:
         return ((on or self.end) - self.birth[pid]).days / _DAYS_PER_YEAR
@@ -105,22 +113,89 @@ def load_population(csv_dir: Path, end: str = END_DATE) -> Population:
         for row in csv.DictReader(f):
             if not row["STOP"]:
                 active[row["PATIENT"]].add(row["CODE"])
-    encounters = []
+    encounters, classes = [], []
     with open(csv_dir / "encounters.csv", newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
             encounters.append((row["PATIENT"], _date(row["START"])))
-    return Population(date.fromisoformat(end), birth, death, sex, dict(active), encounters)
+            classes.append(row["ENCOUNTERCLASS"])
+    procedures = []
+    with open(csv_dir / "procedures.csv", newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            procedures.append((row["PATIENT"], _date(row["START"]), row["CODE"]))
+    allergies: dict[str, set[str]] = defaultdict(set)
+    with open(csv_dir / "allergies.csv", newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            if not row["STOP"]:
+                allergies[row["PATIENT"]].add(row["CODE"])
+    immunizations: dict[str, set[str]] = defaultdict(set)
+    with open(csv_dir / "immunizations.csv", newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            immunizations[row["PATIENT"]].add(row["CODE"])
+    return Population(date.fromisoformat(end), birth, death, sex, dict(active), encounters,
+                      classes, procedures, dict(allergies), dict(immunizations))
+
+
+def _people(pop: Population, lo: float, hi: float, sex: str | None) -> list[str]:
+    """Living people aged [lo, hi) (and of ``sex``) at the end date."""
+    return [p for p in pop.living() if lo <= pop.age(p) < hi and (sex is None or pop.sex[p] == sex)]
+
+
+def _share(pop: Population, has: dict[str, set[str]], codes: frozenset[str], lo: float, hi: float,
+           sex: str | None = None) -> tuple[float, int]:
+    """Percent of living people aged [lo, hi) (and of ``sex``) whose set in ``has`` meets
+    ``codes``, and the number of people in the denominator."""
+    people = _people(pop, lo, hi, sex)
+    if not people:
+        return float("nan"), 0
+    cases = sum(1 for p in people if has.get(p, set()) & codes)
+    return 100.0 * cases / len(people), len(people)
 
 
 def prevalence(pop: Population, codes: frozenset[str], lo: float, hi: float,
                sex: str | None = None) -> tuple[float, int]:
     """Percent of living people aged [lo, hi) (and of ``sex``) with an active condition of
     ``codes`` at the end date, and the number of people in the denominator."""
-    people = [p for p in pop.living() if lo <= pop.age(p) < hi and (sex is None or pop.sex[p] == sex)]
-    if not people:
-        return float("nan"), 0
-    cases = sum(1 for p in people if pop.active.get(p, set()) & codes)
-    return 100.0 * cases / len(people), len(people)
+    return _share(pop, pop.active, codes, lo, hi, sex)
+
+
+def person_years(pop: Population, lo: float, hi: float, sex: str | None,
+                 start: float, stop: float) -> float:
+    """Person-years lived aged [lo, hi) between ordinal days ``start`` and ``stop``."""
+    total = 0.0
+    for pid, b in pop.birth.items():
+        if sex is not None and pop.sex[pid] != sex:
+            continue
+        born = b.toordinal()
+        d = pop.death[pid]
+        a = max(start, born + lo * _DAYS_PER_YEAR)
+        z = min(stop, born + hi * _DAYS_PER_YEAR, d.toordinal() if d else stop)
+        total += max(0.0, z - a) / _DAYS_PER_YEAR
+    return total
+
+
+def procedure_rate(pop: Population, codes: frozenset[str], lo: float, hi: float,
+                   sex: str | None = None) -> tuple[float, int]:
+    """Procedures of ``codes`` in the last year per 1,000 person-years of people aged [lo, hi)
+    (and of ``sex``) when they had them (births per 1,000 women: the general fertility rate)."""
+    stop = pop.end.toordinal()
+    start = stop - _DAYS_PER_YEAR
+    years = person_years(pop, lo, hi, sex, start, stop)
+    n = 0
+    for pid, t, code in pop.procedures:
+        if code in codes and t and start <= t.toordinal() < stop and (sex is None or pop.sex[pid] == sex):
+            if lo <= pop.age(pid, t) < hi:
+                n += 1
+    return (1000.0 * n / years if years else float("nan")), round(years)
+
+
+def encounter_class_rate(pop: Population, classes: frozenset[str]) -> tuple[float, int]:
+    """Encounters of the given classes in the last year per person-year."""
+    stop = pop.end.toordinal()
+    start = stop - _DAYS_PER_YEAR
+    years = person_years(pop, 0, 200, None, start, stop)
+    n = sum(1 for (_, t), c in zip(pop.encounters, pop.encounter_classes, strict=True)
+            if c in classes and t and start <= t.toordinal() < stop)
+    return (n / years if years else float("nan")), round(years)
 
 
 def life_expectancy(pop: Population, years: float = 10.0) -> float:
@@ -188,6 +263,14 @@ def measure(pop: Population, targets: list[Target]) -> dict:
             value, n = share_65(pop), len(pop.living())
         elif t.kind == "encounter_rate":
             value, n = encounter_rate(pop), len(pop.birth)
+        elif t.kind == "procedure_rate":
+            value, n = procedure_rate(pop, t.codes, t.age_low, t.age_high, t.sex)
+        elif t.kind == "encounter_class_rate":
+            value, n = encounter_class_rate(pop, t.codes)
+        elif t.kind == "allergy_prevalence":
+            value, n = _share(pop, pop.allergies, t.codes, t.age_low, t.age_high, t.sex)
+        elif t.kind == "immunization_coverage":
+            value, n = _share(pop, pop.immunizations, t.codes, t.age_low, t.age_high, t.sex)
         else:
             raise ValueError(f"{TARGETS}: unknown kind {t.kind!r} for {t.name!r}")
         within = abs(value - t.target) <= 0.2 * t.target

@@ -170,6 +170,12 @@ def _check_module(key: str, path: Path, spec: dict[str, Any], library_keys: set[
     elif version > 2:
         err("gmf_version", f"{name} Module specifies GMF version {version}; carecourse reads "
                            f"GMF 1 and 2 modules: use a module written for GMF 2 or earlier")
+    excludes = spec.get("background_mortality_excludes")
+    if excludes is not None and (not isinstance(excludes, list) or not all(
+            isinstance(c, str) and c for c in excludes)):
+        # carecourse's extension key; the engine checks the names against its cause table
+        err("background_mortality_excludes", "must be a list of cause-of-death names "
+                                             "(for example [\"covid19\"])")
     states = spec.get("states")
     if not isinstance(states, dict) or not states:
         err("states", "module needs a non-empty 'states' object")

@@ -18,6 +18,7 @@ from typing import Any
 from modules.errors import ModuleError, SimulationError
 from modules.gmf import normalize_condition_type, transition_key
 from modules.loader import Module, ModuleLibrary
+from simulator import facts
 from simulator.extensions import delay_site, learned_kind, plain_gmf
 from simulator.person import Person
 from simulator.record import Code, Encounter, Entry
@@ -34,13 +35,17 @@ _MAX_INSTANT_STEPS = 100_000
 class Program:
     """A module compiled for execution."""
 
-    __slots__ = ("key", "name", "states", "initial")
+    __slots__ = ("key", "name", "states", "initial", "background_excludes")
 
-    def __init__(self, key: str, name: str, states: dict[str, CompiledState]) -> None:
+    def __init__(self, key: str, name: str, states: dict[str, CompiledState],
+                 background_excludes: tuple[str, ...] = ()) -> None:
         self.key = key
         self.name = name
         self.states = states
         self.initial = states["Initial"]
+        #: Causes of death this module simulates itself, so background mortality leaves
+        #: them out (the carecourse extension key ``background_mortality_excludes``).
+        self.background_excludes = background_excludes
 
 
 def compile_module(module: Module, library: ModuleLibrary | None, *,
@@ -70,7 +75,21 @@ def compile_module(module: Module, library: ModuleLibrary | None, *,
         _skip_loop(states[name])
     if "Initial" not in states:
         raise ModuleError(f"{module.path}: module has no 'Initial' state")
-    return Program(module.key, module.name, states)
+    return Program(module.key, module.name, states, _background_excludes(module))
+
+
+def _background_excludes(module: Module) -> tuple[str, ...]:
+    causes = module.spec.get("background_mortality_excludes") or []
+    known = facts.mortality_causes()
+    if not isinstance(causes, list) or not all(isinstance(c, str) for c in causes):
+        raise ModuleError(f"{module.path}: background_mortality_excludes must be a list of "
+                          f"cause names, one of {', '.join(known)}")
+    unknown = [c for c in causes if c not in known]
+    if unknown:
+        raise ModuleError(f"{module.path}: background_mortality_excludes: unknown cause "
+                          f"{unknown[0]!r}; known: {', '.join(known)} (simulator/data/"
+                          f"cause_death_rates.csv)")
+    return tuple(causes)
 
 
 def _learned_delay(state: CompiledState, module: Module) -> None:
@@ -386,11 +405,11 @@ class ModuleRun:
     """One patient's progress through one module (or submodule)."""
 
     __slots__ = ("person", "env", "program", "module_name", "ctx", "state_name", "last_seq",
-                 "last_exit", "history", "hooks", "programs", "top", "entered")
+                 "last_exit", "history", "hooks", "programs", "top", "top_key", "entered")
 
     def __init__(self, person: Person, program: Program, programs: dict[str, Program],
                  hooks: Any = None, *, ctx: Shared | None = None, module_name: str | None = None,
-                 keep_history: bool = False, top: bool = True) -> None:
+                 keep_history: bool = False, top: bool = True, top_key: str | None = None) -> None:
         self.person = person
         self.env = person.env
         self.program = program
@@ -405,6 +424,8 @@ class ModuleRun:
         self.history: list[list[Any]] | None = [] if keep_history else None
         self.hooks = hooks
         self.top = top
+        # the top-level module this run belongs to: deaths are attributed to it
+        self.top_key = top_key or program.key
 
     def enter(self, name: str, t: float) -> None:
         ctx = self.ctx
@@ -420,13 +441,15 @@ class ModuleRun:
             self.history[-1][2] = t
 
     def die(self, when: float, cause: tuple[Code, ...]) -> None:
+        p = self.person
+        before = p.death
         if self.hooks is not None:
-            self.hooks.die(self.person, when, cause)
-        else:
-            p = self.person
-            if p.death is None or when < p.death:
-                p.death = when
-                p.death_cause = cause
+            self.hooks.die(p, when, cause)
+        elif p.death is None or when < p.death:
+            p.death = when
+            p.death_cause = cause
+        if p.death != before:
+            p.death_module = self.top_key
 
 
 def run_module(run: ModuleRun) -> Generator[Any, Any, bool]:
@@ -469,7 +492,7 @@ def run_module(run: ModuleRun) -> Generator[Any, Any, bool]:
                                       f"{state.submodule!r} is not in the module library") from None
             sub = ModuleRun(person, sub_program, run.programs, run.hooks, ctx=run.ctx,
                             module_name=run.module_name, keep_history=run.history is not None,
-                            top=False)
+                            top=False, top_key=run.top_key)
             finished = yield from run_module(sub)
             run.last_seq.update(sub.last_seq)
             run.last_exit.update(sub.last_exit)

@@ -20,6 +20,8 @@ import numpy as np
 
 __all__ = [
     "annual_death_probability",
+    "mortality_causes",
+    "cause_death_rate",
     "height_cm",
     "bmi",
     "bmi_percentile",
@@ -72,15 +74,71 @@ def _qx() -> dict[str, np.ndarray]:
     return out
 
 
-def annual_death_probability(age: int, sex: str) -> float:
-    """Probability of dying within a year at whole-year ``age`` (US life table 2021)."""
-    q = _qx()[_check_sex(sex)]
+@cache
+def _cause_rates() -> dict[str, dict[str, np.ndarray]]:
+    """cause -> sex -> yearly death rate at each whole age 0-100 (deaths per person)."""
+    rows = csv.DictReader(io.StringIO("\n".join(
+        line for line in _text("cause_death_rates.csv").splitlines() if not line.startswith("#"))))
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for r in rows:
+        by_sex = out.setdefault(r["cause"], {"M": np.zeros(101), "F": np.zeros(101)})
+        lo, hi = int(r["age_low"]), min(int(r["age_high"]), 100)
+        for sex, col in (("M", "male"), ("F", "female")):
+            by_sex[sex][lo:hi + 1] += float(r[col]) / 100_000.0
+    return out
+
+
+def mortality_causes() -> tuple[str, ...]:
+    """Causes of death a module may take out of the background life table (sorted)."""
+    return tuple(sorted(_cause_rates()))
+
+
+def cause_death_rate(cause: str, age: int, sex: str) -> float:
+    """Published 2021 yearly death rate (deaths per person) of ``cause`` at whole-year
+    ``age`` (0-100; 100 stands for 100 and over) for ``sex``: the rate background mortality
+    leaves out when a module lists the cause. Raises ValueError for an unknown cause."""
+    rates = _cause_rates()
+    if cause not in rates:
+        raise ValueError(f"unknown cause of death {cause!r}; known: {', '.join(mortality_causes())}")
+    return float(rates[cause][_check_sex(sex)][min(max(int(age), 0), 100)])
+
+
+# The background hazard never falls below this share of the all-cause hazard however many
+# causes are removed: a guard against rates that do not fit the table, not a fitted figure.
+_MIN_REMAINING_HAZARD = 0.1
+
+
+@cache
+def _qx_excluding(sex: str, excluded: frozenset[str]) -> np.ndarray:
+    q = _qx()[sex]
+    if not excluded:
+        return q
+    rates = _cause_rates()
+    unknown = sorted(excluded - rates.keys())
+    if unknown:
+        raise ValueError(f"unknown cause(s) of death {', '.join(unknown)}; known: "
+                         f"{', '.join(mortality_causes())}")
+    # Constant hazard within each year of age: q = 1 - exp(-m), and removing a cause
+    # subtracts its rate from m (Chiang 1968, as NCHS's cause-eliminated life tables do).
+    m = -np.log1p(-np.minimum(q, 1.0 - 1e-12))
+    removed = sum(rates[c][sex] for c in excluded)
+    out = 1.0 - np.exp(-np.maximum(m - removed, _MIN_REMAINING_HAZARD * m))
+    out[-1] = 1.0
+    return out
+
+
+def annual_death_probability(age: int, sex: str, excluding: frozenset[str] = frozenset()) -> float:
+    """Probability of dying within a year at whole-year ``age`` (US life table 2021), with
+    the 2021 death rates of the causes in ``excluding`` (see :func:`mortality_causes`)
+    taken out. Raises ValueError for an unknown cause."""
+    q = _qx_excluding(_check_sex(sex), frozenset(excluding))
     return float(q[min(max(int(age), 0), 100)])
 
 
-def life_expectancy(sex: str) -> float:
-    """Period life expectancy at birth implied by the table (years)."""
-    q = _qx()[_check_sex(sex)]
+def life_expectancy(sex: str, excluding: frozenset[str] = frozenset()) -> float:
+    """Period life expectancy at birth implied by the table (years), without the causes in
+    ``excluding``."""
+    q = _qx_excluding(_check_sex(sex), frozenset(excluding))
     alive = np.concatenate([[1.0], np.cumprod(1.0 - q)])
     # deaths spread evenly within each year of age
     return float(np.sum((alive[:-1] + alive[1:]) / 2.0))

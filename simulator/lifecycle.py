@@ -62,10 +62,11 @@ _LABS = {
 _CREATININE = {"M": (1.05, 0.15), "F": (0.82, 0.11)}
 
 
-def sample_age_at_death(rng_u: float, sex: str) -> float:
+def sample_age_at_death(rng_u: float, sex: str, excluding: frozenset[str] = frozenset()) -> float:
     """Age (years, fractional) at which background mortality ends a life, by inverting the
-    survival curve of the US life table with one uniform draw."""
-    surv = _survival(sex)
+    survival curve of the US life table (without the causes in ``excluding``, which modules
+    simulate themselves) with one uniform draw."""
+    surv = _survival(sex, excluding)
     # surv[a] = probability of surviving to exact age a; find the year in which the
     # survival curve falls below 1 - u.
     target = 1.0 - rng_u
@@ -76,24 +77,28 @@ def sample_age_at_death(rng_u: float, sex: str) -> float:
     return a + min(max(frac, 0.0), 1.0)
 
 
-_SURV: dict[str, np.ndarray] = {}
+_SURV: dict[tuple[str, frozenset[str]], np.ndarray] = {}
 
 
-def _survival(sex: str) -> np.ndarray:
-    s = _SURV.get(sex)
+def _survival(sex: str, excluding: frozenset[str] = frozenset()) -> np.ndarray:
+    key = (sex, excluding)
+    s = _SURV.get(key)
     if s is None:
-        q = np.array([facts.annual_death_probability(a, sex) for a in range(0, 101)])
+        q = np.array([facts.annual_death_probability(a, sex, excluding) for a in range(0, 101)])
         q[-1] = 1.0
         s = np.concatenate([[1.0], np.cumprod(1.0 - q)])
-        _SURV[sex] = s
+        _SURV[key] = s
     return s
 
 
 class Lifecycle:
     """The per-patient processes and the engine hooks."""
 
-    def __init__(self, person: Person, env: Any, end: float, stop: Any) -> None:
+    def __init__(self, person: Person, env: Any, end: float, stop: Any,
+                 excluded_causes: frozenset[str] = frozenset()) -> None:
         self.person = person
+        #: Causes of death the running modules simulate, taken out of background mortality.
+        self.excluded_causes = excluded_causes
         self.env = env
         self.end = end
         self.stop = stop
@@ -152,7 +157,7 @@ class Lifecycle:
         env.process(self._body_process())
         env.process(self._wellness_process())
         u = self.person.uniform()
-        age = sample_age_at_death(u, self.sex)
+        age = sample_age_at_death(u, self.sex, self.excluded_causes)
         self.die(self.person, self.person.birth + age * 365.25, _NATURAL_DEATH)
 
     def _body_process(self) -> Generator[Any, Any, None]:

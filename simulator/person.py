@@ -110,6 +110,7 @@ class Person:
         self.record = HealthRecord()
         self.death: float | None = None
         self.death_cause: tuple[Code, ...] = ()
+        self.death_module: str | None = None  # the top-level module whose Death state set it
         # code -> active entries with that code, one map per kind (conditions, medications,
         # careplans, allergies, devices). Codes match on the code value only.
         self.active: dict[str, dict[str, list[Entry]]] = {

@@ -138,7 +138,9 @@ def simulate_patient(index: int, config: RunConfig, programs: dict[str, Program]
     person.env = env
     end = config.end
     stop = env.event()
-    life = Lifecycle(person, env, end, stop)
+    # Causes of death that the running modules simulate leave the background life table.
+    excluded = frozenset(c for key in top for c in programs[key].background_excludes)
+    life = Lifecycle(person, env, end, stop, excluded)
     life.start()
     for key in top:
         run = ModuleRun(person, programs[key], programs, life, keep_history=keep_history)

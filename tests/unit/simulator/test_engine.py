@@ -131,3 +131,22 @@ def test_a_loop_that_never_waits_is_named(tmp_path):
     h.start("spin")
     with pytest.raises(SimulationError, match="'spin'.*no Delay, Guard or Encounter"):
         h.run_until(T0 + 1)
+
+
+def test_a_death_is_attributed_to_the_top_level_module_that_caused_it(tmp_path):
+    import datetime as dt
+
+    from simulator.population import RunConfig, _prepare, simulate_patient
+    root = tmp_path / "lib"
+    root.mkdir()
+    (root / "fatal.json").write_text(json.dumps({"name": "Fatal", "states": {
+        "Initial": {"type": "Initial", "direct_transition": "Die"},
+        "Die": {"type": "Death", "codes": [{"system": "SNOMED-CT", "code": "22298006",
+                                            "display": "Myocardial infarction (disorder)"}],
+                "direct_transition": "Dead"},
+        "Dead": {"type": "Terminal"}}}))
+    config = RunConfig(population=1, seed=1, age_range=(30, 30), reference_date=dt.date(2025, 1, 1),
+                       modules_dir=root)
+    programs, top = _prepare(config)
+    p = simulate_patient(0, config, programs, top)
+    assert p.death_module == "fatal"

@@ -5,6 +5,7 @@ tolerances."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 
 import numpy as np
@@ -114,3 +115,88 @@ def test_children_get_their_vaccines_and_wellness_vitals(embedded):
         heights = [o.value for o in p.record.observations if o.codes[0].code == "8302-2"]
         assert len(heights) == len(wellness)
         assert heights == sorted(heights)
+
+
+# --------------------------------------------------------------- causes simulated by modules
+
+@pytest.mark.parametrize("sex", ["M", "F"])
+def test_removing_a_cause_takes_its_rate_out_of_the_hazard(sex):
+    # constant hazard within a year of age: -ln(1 - q) falls by the cause's yearly rate
+    rates = {"covid19": {"M": 1822.6e-5, "F": 1138.5e-5}, "opioid_overdose": {"M": 55.5e-5, "F": 24.4e-5},
+             "lung_cancer": {"M": 141.7e-5, "F": 110.7e-5}, "prostate_cancer": {"M": 156.0e-5, "F": 0.0}}
+    for cause, age in (("covid19", 90), ("opioid_overdose", 30), ("lung_cancer", 70), ("prostate_cancer", 80)):
+        q = facts.annual_death_probability(age, sex)
+        q_ex = facts.annual_death_probability(age, sex, frozenset({cause}))
+        assert -math.log1p(-q) - -math.log1p(-q_ex) == pytest.approx(rates[cause][sex], rel=1e-6, abs=1e-12)
+        assert facts.cause_death_rate(cause, age, sex) == pytest.approx(rates[cause][sex], rel=1e-6)
+    assert facts.annual_death_probability(100, sex, frozenset(facts.mortality_causes())) == 1.0
+
+
+def test_life_expectancy_without_the_simulated_causes_is_longer():
+    causes = frozenset(facts.mortality_causes())
+    assert set(causes) >= {"covid19", "opioid_overdose", "hiv", "lung_cancer", "dementia"}
+    for sex in ("M", "F"):
+        full = facts.life_expectancy(sex)
+        # COVID-19 alone cost about 1.5-2 years of life expectancy in 2021 (NCHS VSRR 23, 2022)
+        gain = facts.life_expectancy(sex, frozenset({"covid19"})) - full
+        assert 1.0 < gain < 3.0, (sex, gain)
+        # every cause the library simulates: more, but far from the table's whole mortality
+        assert gain < facts.life_expectancy(sex, causes) - full < 12.0
+
+
+def test_every_cause_is_declared_by_a_module_of_the_library():
+    # a row nobody declares would be dead data; a declared cause is checked at compile
+    declared = {c for m in load_library().modules.values()
+                for c in m.spec.get("background_mortality_excludes", [])}
+    assert declared == set(facts.mortality_causes())
+    with pytest.raises(ValueError, match="known: breast_cancer"):
+        facts.cause_death_rate("influenza", 50, "M")
+
+
+def test_an_unknown_cause_is_refused_with_the_known_ones():
+    with pytest.raises(ValueError, match="known: breast_cancer, colorectal_cancer, covid19"):
+        facts.annual_death_probability(50, "M", frozenset({"influenza"}))
+
+
+def _one_module_library(tmp_path, excludes):
+    spec = {"name": "m", "background_mortality_excludes": excludes,
+            "states": {"Initial": {"type": "Initial", "direct_transition": "Done"}, "Done": {"type": "Terminal"}}}
+    (tmp_path / "m.json").write_text(json.dumps(spec))
+    return load_library(tmp_path)
+
+
+def test_a_module_naming_an_unknown_cause_fails_to_compile_with_its_file(tmp_path):
+    from modules.errors import ModuleError
+    with pytest.raises(ModuleError, match=r"m\.json: background_mortality_excludes: unknown cause 'flu'"):
+        compile_library(_one_module_library(tmp_path, ["flu"]))
+
+
+def test_modules_validate_checks_the_shape_of_the_excludes(tmp_path):
+    from modules.loader import validate_library
+    spec = {"name": "m", "background_mortality_excludes": "covid19",
+            "states": {"Initial": {"type": "Initial", "direct_transition": "Done"}, "Done": {"type": "Terminal"}}}
+    (tmp_path / "m.json").write_text(json.dumps(spec))
+    _lib, errors, _warnings = validate_library(tmp_path)
+    assert any(e.place == "background_mortality_excludes" for e in errors)
+
+
+def test_background_deaths_leave_out_the_causes_the_running_modules_simulate(tmp_path):
+    programs = compile_library(_one_module_library(tmp_path, ["covid19", "opioid_overdose", "hiv"]))
+    assert programs["m"].background_excludes == ("covid19", "opioid_overdose", "hiv")
+    # born on the end date: the age at death is drawn at birth, so no life needs simulating
+    config = RunConfig(population=1, seed=2, age_range=(0, 0), gender="M", years_of_history=0,
+                       reference_date=dt.date(2024, 1, 1))
+    n = 300
+    with_module = np.array([_lifespan(simulate_patient(i, config, programs, ["m"])) for i in range(n)])
+    without = np.array([_lifespan(simulate_patient(i, config, programs, [])) for i in range(n)])
+    # the same seeds draw the same uniform: each life is at least as long without the causes,
+    # and the paired gain averages the difference of the two tables' life expectancies
+    gain = with_module - without
+    assert (gain >= -1e-9).all()
+    excluded = frozenset({"covid19", "opioid_overdose", "hiv"})
+    expected = facts.life_expectancy("M", excluded) - facts.life_expectancy("M")
+    assert abs(gain.mean() - expected) < 5 * gain.std() / math.sqrt(n) + 0.2, (gain.mean(), expected)
+
+
+def _lifespan(p):
+    return (p.death - p.birth) / 365.25
