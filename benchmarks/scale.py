@@ -5,7 +5,9 @@ lifetimes and FHIR export on.
 Both runs simulate the same patients (ages 0-100 at the reference date, each from birth,
 10 years of exported history as in Synthea's default) and write FHIR bundles. The Dask time
 includes starting the local cluster and joining the shards, as a user would see it.
-Figures are printed and written to benchmarks/results/scale.json.
+Figures are printed and written to benchmarks/results/scale.json, with the time of a fixed
+pure-Python workload (``python_reference_seconds``) measured just before, so that runs on a
+machine that is faster or slower that day (a shared VM) can be compared.
 
     python benchmarks/scale.py [--patients 1000] [--modules-dir DIR]
 """
@@ -23,6 +25,17 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_MODULES = HERE.parent.parent / "shared" / "synthea" / "modules"
+
+
+def python_reference_seconds() -> float:
+    """Best of five timings of a fixed interpreter-bound workload (dict lookups, attribute
+    access, float arithmetic, as the engine does): a yardstick of the machine, not of
+    carecourse."""
+    import timeit
+
+    setup = "d = {i: float(i) for i in range(1000)}"
+    stmt = "s = 0.0\nfor i in range(1000):\n    s += d.get(i, 0.0) * 1.5"
+    return min(timeit.repeat(stmt, setup, number=200, repeat=5))
 
 
 def main() -> None:
@@ -43,6 +56,9 @@ def main() -> None:
     figures: dict[str, float | int | str] = {"patients": args.patients, "partition_size": size,
                                              "modules_dir": str(args.modules_dir),
                                              "export": "fhir", "cores": os.cpu_count() or 0}
+    ref = python_reference_seconds()
+    figures["python_reference_seconds"] = round(ref, 4)
+    print(f"machine yardstick: {ref:.4f} s (fixed pure-Python workload; lower is faster)")
     with tempfile.TemporaryDirectory() as tmp:
         def config(name: str) -> RunConfig:
             return RunConfig(population=args.patients, seed=1, out=Path(tmp) / name,
