@@ -72,6 +72,7 @@ def _number(ok: Callable[[float], bool], hint: str) -> Callable[[str], float]:
     return parse
 
 
+_float = _number(lambda v: True, "")  # any number, inf included (epsilon inf: no privacy)
 _fraction = _number(lambda v: 0 < v < 1, "must be between 0 and 1, e.g. 0.3")
 _days = _number(lambda v: 0 < v < float("inf"), "must be a positive number of days")
 
@@ -183,12 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  "folder of FHIR bundles or ndjson files, carecourse CSV "
                                  "output (a run's --out folder), or an event table (.csv, "
                                  ".tsv, .parquet) with --baseline")
-    ds.add_argument("--baseline", type=Path, metavar="FILE",
-                    help="the baseline-covariate table that goes with an event table")
-    _table_arguments(ds)
-    ds.add_argument("--reference-date", type=_date, metavar="YYYY-MM-DD",
-                    help="FHIR / CSV output: end of follow-up of the living (default: the "
-                         "latest date)")
+    _data_source_arguments(ds)
     ds.add_argument("--top", type=_positive, default=15, metavar="N",
                     help="show at most N codes and transitions (default 15)")
     ds.set_defaults(func=_cmd_datasets_show)
@@ -245,6 +241,16 @@ def build_parser() -> argparse.ArgumentParser:
     _trial_parser(sub)
     _learn_parser(sub)
     return p
+
+
+def _data_source_arguments(p: argparse.ArgumentParser) -> None:
+    """How one data source is read (``datasets show``, ``learn``; see ``_read_source``)."""
+    p.add_argument("--baseline", type=Path, metavar="FILE",
+                   help="the baseline-covariate table that goes with an event table")
+    _table_arguments(p)
+    p.add_argument("--reference-date", type=_date, metavar="YYYY-MM-DD",
+                   help="FHIR / CSV output: end of follow-up of the living (default: the "
+                        "latest date)")
 
 
 def _table_arguments(p: argparse.ArgumentParser) -> None:
@@ -323,13 +329,6 @@ def _trial_parser(sub: argparse._SubParsersAction) -> None:
     tc.set_defaults(func=_cmd_trial_compare)
 
 
-def _float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-
-
 def _learn_parser(sub: argparse._SubParsersAction) -> None:
     lp = sub.add_parser(
         "learn", help="train a DP transition and dwell-time model on real data and derive a "
@@ -340,12 +339,7 @@ def _learn_parser(sub: argparse._SubParsersAction) -> None:
     lp.add_argument("--data", required=True, metavar="DATA",
                     help="a built-in data set, a folder of FHIR bundles or ndjson, or an "
                          "event table with --baseline (as carecourse datasets show reads it)")
-    lp.add_argument("--baseline", type=Path, metavar="FILE",
-                    help="the baseline-covariate table that goes with an event table")
-    _table_arguments(lp)
-    lp.add_argument("--reference-date", type=_date, metavar="YYYY-MM-DD",
-                    help="FHIR / CSV output: end of follow-up of the living (default: the "
-                         "latest date)")
+    _data_source_arguments(lp)
     lp.add_argument("--epsilon", type=_float, required=True, metavar="E",
                     help="privacy budget of this run (inf: no privacy, for synthetic data)")
     lp.add_argument("--delta", type=_float, default=1e-5, metavar="D",
@@ -635,12 +629,18 @@ def _cmd_datasets_list(args: argparse.Namespace) -> int:
 
 def _cmd_datasets_show(args: argparse.Namespace) -> int:
     from learned.describe import describe
-    from learned.sources import read_source
 
-    source = read_source(args.name, baseline=args.baseline, table=_table_options(args),
-                         reference_date=args.reference_date)
+    source = _read_source(args, args.name)
     print(describe(source.data, source.info, top=args.top))
     return 0
+
+
+def _read_source(args: argparse.Namespace, name: str):
+    """The data source ``name`` read with the options of ``_data_source_arguments``."""
+    from learned.sources import read_source
+
+    return read_source(name, baseline=args.baseline, table=_table_options(args),
+                       reference_date=args.reference_date)
 
 
 def _table_options(args: argparse.Namespace):
@@ -962,10 +962,8 @@ def _cmd_learn(args: argparse.Namespace) -> int:
     from learned.covariates import Covariate
     from learned.learn import FHIR_SOURCES, PUBLIC, LearnConfig, learn
     from learned.ledger import default_ledger_dir
-    from learned.sources import read_source
 
-    source = read_source(args.data, baseline=args.baseline, table=_table_options(args),
-                         reference_date=args.reference_date)
+    source = _read_source(args, args.data)
     data, info = source.data, source.info
     facts = PUBLIC.get(info.name) if info is not None else None
     known = dict(facts.covariates) if facts else {}
