@@ -139,6 +139,11 @@ def _fast_forward(state: CompiledState, library: ModuleLibrary) -> None:
         n = max(1, math.ceil((first - t) / d - 1e-12))
         return run.env.timeout(n * d)
     state.process = process
+    # Inside the table's span the turns are drawn one by one, without an event each
+    # (covid19's loop turns every 4 days through 2020-2022).
+    assert state.next is not None
+    state.skip = LoopSkip(state.name, spec, state.next, step, d,
+                          frozenset(table.attribute_columns), span=span)
 
 
 _CLOCK_CONDITIONS = frozenset({"Age", "Date", "True", "False"})
@@ -151,14 +156,19 @@ _COMBINATIONS = frozenset({"And", "Or", "AtLeast", "AtMost"})
 _LIFE_HORIZON_DAYS = 141 * 365.25
 
 
-def _reads(cond: Any, attrs: set[str]) -> bool:
-    """Whether a GMF condition reads nothing but the clock (age, date) and patient
-    attributes; the attributes it reads are added to ``attrs``."""
+def _reads(cond: Any, attrs: set[str], loop: str) -> bool:
+    """Whether a GMF condition tested in the loop state ``loop`` reads nothing but the clock
+    (age, date), patient attributes and the module's earlier states; the attributes it reads
+    are added to ``attrs``. A PriorState on another state cannot change while the module
+    turns in the loop (only this module run enters its states), and its ``within`` window
+    closes at a known time."""
     if not isinstance(cond, dict) or not isinstance(cond.get("condition_type"), str):
         return False
     kind = normalize_condition_type(cond["condition_type"])
     if kind in _CLOCK_CONDITIONS:
         return True
+    if kind == "PriorState":
+        return isinstance(cond.get("name"), str) and loop not in (cond["name"], cond.get("since"))
     if kind in _ATTRIBUTE_CONDITIONS:
         if kind == "Race":
             attrs.update(("race", "ethnicity"))
@@ -170,9 +180,9 @@ def _reads(cond: Any, attrs: set[str]) -> bool:
             attrs.add(_ATTRIBUTE_CONDITIONS[kind])  # type: ignore[arg-type]
         return True
     if kind in _COMBINATIONS:
-        return all(_reads(c, attrs) for c in cond.get("conditions") or [])
+        return all(_reads(c, attrs, loop) for c in cond.get("conditions") or [])
     if kind == "Not":
-        return _reads(cond.get("condition"), attrs)
+        return _reads(cond.get("condition"), attrs, loop)
     return False
 
 
@@ -203,7 +213,7 @@ def _loop_reads(name: str, spec: dict[str, Any]) -> set[str] | None:
         ok = _weights(opts, attrs)
         targets = [o.get("transition") for o in opts]
     elif key in ("conditional_transition", "complex_transition"):
-        ok = all(("condition" not in o or _reads(o["condition"], attrs))
+        ok = all(("condition" not in o or _reads(o["condition"], attrs, name))
                  and ("distributions" in o and _weights(o["distributions"], attrs)
                       or "distributions" not in o and isinstance(o.get("transition"), str))
                  for o in opts)
@@ -256,10 +266,11 @@ class LoopSkip:
     drawn turn by turn, in a plain loop, without events.
     """
 
-    __slots__ = ("name", "nxt", "dur", "step", "reads", "options", "timed")
+    __slots__ = ("name", "nxt", "dur", "step", "reads", "options", "timed", "span")
 
     def __init__(self, name: str, spec: dict[str, Any], nxt: Any, dur: Any,
-                 step: float | None, reads: frozenset[str]) -> None:
+                 step: float | None, reads: frozenset[str],
+                 span: tuple[float, float] | None = None) -> None:
         from simulator.logic import compile_condition
 
         self.name = name
@@ -267,9 +278,15 @@ class LoopSkip:
         self.dur = dur
         self.step = step
         self.reads = reads
+        #: For a loop through a time-ranged lookup table: the table's first and last time.
+        #: Before the first, every turn stays; after the last, the loop sleeps for good.
+        self.span = span
         key = transition_key(spec)
         opts = spec[key]
         self.options: list[tuple[Any, Any]] = []
+        self.timed: list[Any] = []
+        if span is not None:
+            return
         if key == "distributed_transition":
             self.options.append((None, _weight_fn(opts)))
         else:
@@ -305,6 +322,22 @@ class LoopSkip:
             limit = person.death
         name = self.name
         step = self.step
+        if self.span is not None:
+            assert step is not None and step > 0
+            first, last = self.span
+            nxt = self.nxt
+            while True:
+                turn = t + step
+                if turn < first:
+                    turn = t + max(1, math.ceil((first - t) / step - 1e-12)) * step
+                if turn > limit:
+                    return turn, name
+                if turn > last:
+                    return math.inf, name
+                target = nxt(run, turn)
+                if target != name:
+                    return turn, target
+                t = turn
         if step is None or step <= 0:
             nxt, dur = self.nxt, self.dur
             while True:

@@ -7,6 +7,7 @@ loads each once, indexes it, and answers lookups without scanning.
 
 from __future__ import annotations
 
+import bisect
 import csv
 import io
 import json
@@ -147,7 +148,16 @@ def life_expectancy(sex: str, excluding: frozenset[str] = frozenset()) -> float:
 # ------------------------------------------------------------------------ growth
 
 def _interp(x: float, xs: list[float], ys: list[float]) -> float:
-    return float(np.interp(x, xs, ys))
+    """``numpy.interp`` for one point (constant beyond the ends), without building arrays:
+    the growth and vital-sign curves are read several times per body update."""
+    if x <= xs[0]:
+        return float(ys[0])
+    if x >= xs[-1]:
+        return float(ys[-1])
+    i = bisect.bisect_right(xs, x)
+    x0, x1 = xs[i - 1], xs[i]
+    y0 = ys[i - 1]
+    return float(y0 + (ys[i] - y0) * (x - x0) / (x1 - x0))
 
 
 def height_cm(age: float, sex: str, z: float) -> float:

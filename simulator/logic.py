@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +22,8 @@ from simulator.person import (
     WATCH_OBSERVATION,
     WATCH_SYMPTOM,
     WATCH_VITAL,
-    date_of,
+    active_key,
+    day_date,
     day_of,
 )
 from simulator.record import Code, Entry
@@ -59,12 +61,12 @@ def _num(v: Any) -> bool:
 
 
 _OPS: dict[str, Callable[[Any, Any], bool]] = {
-    "<": lambda a, b: a < b,
-    "<=": lambda a, b: a <= b,
-    "==": lambda a, b: a == b,
-    ">=": lambda a, b: a >= b,
-    ">": lambda a, b: a > b,
-    "!=": lambda a, b: a != b,
+    "<": operator.lt,
+    "<=": operator.le,
+    "==": operator.eq,
+    ">=": operator.ge,
+    ">": operator.gt,
+    "!=": operator.ne,
 }
 
 
@@ -246,15 +248,15 @@ def _date(spec: dict[str, Any]) -> Cond:
         marks = (day_of(dt.date(year, 1, 1)), day_of(dt.date(year + 1, 1, 1)))
 
         def test(run: Any, t: float) -> bool:
-            return op(date_of(t).year, year)
+            return op(day_date(t).year, year)
     elif "month" in spec:
         month = int(spec["month"])
 
         def test(run: Any, t: float) -> bool:
-            return op(date_of(t).month, month)
+            return op(day_date(t).month, month)
 
         def next_month(run: Any, t: float) -> float:
-            d = date_of(t)
+            d = day_date(t)
             y, m = (d.year + 1, 1) if d.month == 12 else (d.year, d.month + 1)
             return day_of(dt.date(y, m, 1))
         return Cond(test, frozenset(), next_month)
@@ -332,13 +334,46 @@ def _vital(spec: dict[str, Any]) -> Cond:
 def _attribute(spec: dict[str, Any]) -> Cond:
     name, op = spec["attribute"], spec["operator"]
     value = spec.get("value")
+    deps = frozenset({name})
+    if op == "is nil":
+        return Cond(lambda run, t: run.person.attributes.get(name) is None, deps)
+    if op == "is not nil":
+        return Cond(lambda run, t: run.person.attributes.get(name) is not None, deps)
 
-    def test(run: Any, t: float) -> bool:
+    def general(run: Any, v: Any) -> bool:
         try:
-            return compare(run.person.attributes.get(name), value, op)
+            return compare(v, value, op)
         except TypeError as exc:
             raise _fail(run, f"Attribute condition on {name!r}: {exc}") from None
-    return Cond(test, frozenset({name}))
+
+    # The common cases answered without compare(): a missing attribute (false) and a value
+    # of the module's own type (what compare does with it, in one type check); anything
+    # else goes through compare, errors included.
+    fn = _OPS[op]
+    kind = type(value)
+    if kind is bool and op in ("==", "!="):
+        def test(run: Any, t: float) -> bool:
+            v = run.person.attributes.get(name)
+            if type(v) is bool:
+                return fn(v, value)
+            return False if v is None else general(run, v)
+    elif kind is str:
+        def test(run: Any, t: float) -> bool:
+            v = run.person.attributes.get(name)
+            if type(v) is str:
+                return fn(v, value)
+            return False if v is None else general(run, v)
+    elif kind is int or kind is float:
+        def test(run: Any, t: float) -> bool:
+            v = run.person.attributes.get(name)
+            tv = type(v)
+            if tv is float or tv is int:
+                return fn(v, value)
+            return False if v is None else general(run, v)
+    else:
+        def test(run: Any, t: float) -> bool:
+            return general(run, run.person.attributes.get(name))
+    return Cond(test, deps)
 
 
 def _prior_state(spec: dict[str, Any]) -> Cond:
@@ -387,7 +422,7 @@ def _active(kind: str) -> Callable[[dict[str, Any]], Cond]:
                 if active.get(c):
                     return True
             return False
-        return Cond(test_codes, frozenset({WATCH_ACTIVE}))
+        return Cond(test_codes, frozenset(active_key(c) for c in codes))
     return build
 
 

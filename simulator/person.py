@@ -26,9 +26,11 @@ __all__ = [
     "WATCH_OBSERVATION",
     "WATCH_VITAL",
     "WATCH_SYMPTOM",
+    "active_key",
     "EPOCH",
     "day_of",
     "date_of",
+    "day_date",
     "WellnessVisit",
 ]
 
@@ -36,6 +38,12 @@ WATCH_ACTIVE = "@active"  # active conditions, medications, care plans, allergie
 WATCH_OBSERVATION = "@observation"
 WATCH_VITAL = "@vital"
 WATCH_SYMPTOM = "@symptom"
+
+
+def active_key(code: str) -> str:
+    """The watch key of one code becoming active or inactive (any kind of entry): a Guard
+    on "Active Condition 44054006" sleeps on this, not on every change to the record."""
+    return f"{WATCH_ACTIVE}:{code}"
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
@@ -53,6 +61,12 @@ def day_of(date: dt.date | dt.datetime) -> float:
 def date_of(t: float) -> dt.datetime:
     """The UTC datetime of a SimPy clock value, to the millisecond."""
     return EPOCH + dt.timedelta(milliseconds=round(t * 86400000.0))
+
+
+def day_date(t: float) -> dt.date:
+    """The UTC calendar day of a clock value: ``date_of(t).date()`` without building a
+    datetime (Date conditions ask it at every turn)."""
+    return dt.date.fromordinal(_EPOCH_ORDINAL + round(t * 86400000.0) // 86400000)
 
 
 class WellnessVisit:
@@ -136,6 +150,19 @@ class Person:
             for ev in waiting:
                 if not ev.triggered:
                     ev.succeed()
+
+    def notify_active(self, codes: Any) -> None:
+        """Wake what waits on these codes (entries with them started or stopped) and what
+        waits on any change to the active entries."""
+        watchers = self._watchers
+        if not watchers:
+            return
+        for c in codes:
+            key = f"{WATCH_ACTIVE}:{c.code}"
+            if key in watchers:
+                self.notify(key)
+        if WATCH_ACTIVE in watchers:
+            self.notify(WATCH_ACTIVE)
 
     def set_attribute(self, name: str, value: Any) -> None:
         """Set (or with None, remove) an attribute and wake whatever waits on it."""

@@ -5,11 +5,13 @@ order. The same seed gives byte-identical output whatever the number of processe
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import gc
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -35,6 +37,7 @@ __all__ = [
     "patient_seed",
     "load_extensions",
     "simulate_patient",
+    "PatientEnvironment",
     "run_population",
 ]
 
@@ -134,7 +137,7 @@ def simulate_patient(index: int, config: RunConfig, programs: dict[str, Program]
     attrs["sexual_orientation"] = "heterosexual" if u[1] < 0.92 else (
         "homosexual" if u[2] < 0.4 else "bisexual")
     attrs.update(social_attributes(person, demo))
-    env = simpy.Environment(initial_time=birth)
+    env = PatientEnvironment(initial_time=birth)
     person.env = env
     end = config.end
     stop = env.event()
@@ -153,7 +156,30 @@ def simulate_patient(index: int, config: RunConfig, programs: dict[str, Program]
         if not enc.ended:
             enc.end(max(enc.start, min(t_end, enc.default_stop())))
     person.end = t_end
+    env.close()
     return person
+
+
+class PatientEnvironment(simpy.Environment):
+    """One patient's SimPy environment, which lets go of the patient's processes when the
+    life is over. Modules still waiting then (a Guard that never opened, a loop without
+    end) hold the patient in reference cycles with their events; closing their generators
+    breaks those, so the record is freed by reference counting once it is written."""
+
+    def __init__(self, initial_time: float = 0) -> None:
+        super().__init__(initial_time)
+        self._bodies: list[Generator[Any, Any, Any]] = []
+
+    def process(self, generator: Generator[Any, Any, Any]) -> simpy.Process:
+        self._bodies.append(generator)
+        return super().process(generator)
+
+    def close(self) -> None:
+        """Close every process (a finished one is left as it is) and drop pending events."""
+        for g in self._bodies:
+            g.close()
+        self._bodies.clear()
+        self._queue.clear()
 
 
 @dataclass
@@ -234,6 +260,24 @@ def _run_partition(args: tuple[int, int, Path, list[Any]]) -> tuple[int, RunSumm
     return stop - start, summary
 
 
+@contextlib.contextmanager
+def _collect_per_patient() -> Iterator[Callable[[], None]]:
+    """Run the garbage collector once after each patient instead of whenever allocations
+    pile up. A patient allocates some hundred thousand objects (entries, then the exporters'
+    resources), so Python's default thresholds start a young collection every 700 of them
+    and walk the live patient again and again: about a quarter of the run time, measured.
+    Once a life is over its processes are closed (:meth:`PatientEnvironment.close`), so
+    nearly all of it is freed by reference counting and the one collection per patient
+    finds little left. The collector's previous state is restored afterwards."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield lambda: gc.collect(0)
+    finally:
+        if was:
+            gc.enable()
+
+
 def _simulate_range(start: int, stop: int, folder: Path, sinks: list[Any], config: RunConfig,
                     programs: dict[str, Program], top: list[str],
                     tick: Callable[[int], None] | None) -> RunSummary:
@@ -244,13 +288,16 @@ def _simulate_range(start: int, stop: int, folder: Path, sinks: list[Any], confi
         d.mkdir(parents=True, exist_ok=True)
         writers.append(s.open(d))
     try:
-        for i in range(start, stop):
-            person = simulate_patient(i, config, programs, top)
-            summary.add(person, config.end)
-            for w in writers:
-                w.write(person)
-            if tick is not None:
-                tick(1)
+        with _collect_per_patient() as patient_done:
+            for i in range(start, stop):
+                person = simulate_patient(i, config, programs, top)
+                summary.add(person, config.end)
+                for w in writers:
+                    w.write(person)
+                if tick is not None:
+                    tick(1)
+                del person
+                patient_done()
     finally:
         for w in writers:
             w.close()

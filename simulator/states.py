@@ -18,7 +18,7 @@ from typing import Any
 from modules.errors import ConfigError, ModuleError, SimulationError
 from simulator.expressions import compile_expression
 from simulator.logic import compile_condition
-from simulator.person import WATCH_ACTIVE, WATCH_OBSERVATION, Person
+from simulator.person import WATCH_OBSERVATION, Person
 from simulator.record import (
     Allergy,
     CarePlan,
@@ -115,7 +115,7 @@ def _activate(person: Person, kind: str, entry: Entry) -> None:
     active = person.active[kind]
     for c in entry.codes:
         active[c.code].append(entry)
-    person.notify(WATCH_ACTIVE)
+    person.notify_active(entry.codes)
 
 
 def _deactivate(person: Person, kind: str, entry: Entry, t: float) -> None:
@@ -128,7 +128,7 @@ def _deactivate(person: Person, kind: str, entry: Entry, t: float) -> None:
             lst.remove(entry)
             if not lst:
                 del active[c.code]
-    person.notify(WATCH_ACTIVE)
+    person.notify_active(entry.codes)
 
 
 def _already_active(person: Person, kind: str, codes: tuple[Code, ...]) -> Entry | None:

@@ -8,6 +8,7 @@ handed to the kind.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +16,12 @@ from modules.errors import ModuleError, SimulationError
 from modules.gmf import transition_key
 from simulator.extensions import LearnedSite, Next, learned_kind
 from simulator.logic import compile_condition
-from simulator.person import date_of
+from simulator.person import day_date
 
 __all__ = ["Next", "compile_transition"]
 
 
-def _pick(u: float, probs: list[float], targets: list[str]) -> str:
+def _pick(u: float, probs: Sequence[float], targets: Sequence[str]) -> str:
     """First option whose cumulative probability passes the draw; leftover goes to the last."""
     acc = 0.0
     for p, tgt in zip(probs, targets, strict=True):
@@ -55,22 +56,22 @@ def _distributed(options: list[dict[str, Any]]) -> Next:
 
 
 def _conditional(options: list[dict[str, Any]], complex_: bool) -> Next:
-    compiled: list[tuple[Any, Next]] = []
+    # (test or None, fixed target or None, draw for a complex option): a plain option's
+    # target is returned without a call.
+    compiled: list[tuple[Any, str | None, Next | None]] = []
     for o in options:
         cond = compile_condition(o["condition"]).test if "condition" in o else None
         if complex_ and o.get("distributions"):
-            go = _distributed(o["distributions"])
+            compiled.append((cond, None, _distributed(o["distributions"])))
         else:
-            target = o["transition"]
-            go = (lambda tgt: (lambda run, t: tgt))(target)
-        compiled.append((cond, go))
-    last = compiled[-1][1]
+            compiled.append((cond, o["transition"], None))
+    _, last_target, last_go = compiled[-1]
 
     def nxt(run: Any, t: float) -> str:
-        for cond, go in compiled:
+        for cond, target, go in compiled:
             if cond is None or cond(run, t):
-                return go(run, t)
-        return last(run, t)
+                return target if go is None else go(run, t)
+        return last_target if last_go is None else last_go(run, t)  # type: ignore[return-value]
     return nxt
 
 
@@ -89,20 +90,33 @@ def _lookup(options: list[dict[str, Any]], state: str, library: Any) -> Next:
         raise ModuleError(f"state {state}: lookup table {tname!r} is not loaded")
     cols = table.attribute_columns
     has_age = table.has_age
+    has_time = table.has_time
+    # Without a time column a row depends on the key and the whole-year age only: each
+    # (key, age) is looked up once per run (the heart-valve tables are asked yearly for life).
+    rows: dict[tuple[tuple[str, ...], int], Any] = {}
 
     def nxt(run: Any, t: float) -> str:
-        attrs = run.person.attributes
+        person = run.person
+        attrs = person.attributes
         key = []
         for c in cols:
             v = attrs.get(c)
-            if v is None:
-                raise SimulationError(
-                    f"module {run.module_name!r}, state {state!r}: lookup table {tname} needs "
-                    f"patient attribute {c!r}, which is not set")
-            key.append(_attr_key(v))
-        age = run.person.age_years(t) if has_age else 0
-        probs = table.probabilities(tuple(key), age, t)
-        return _pick(run.person.uniform(), list(probs) if probs is not None else defaults, targets)
+            if type(v) is not str:
+                if v is None:
+                    raise SimulationError(
+                        f"module {run.module_name!r}, state {state!r}: lookup table {tname} "
+                        f"needs patient attribute {c!r}, which is not set")
+                v = _attr_key(v)
+            key.append(v)
+        age = person.age_years(t) if has_age else 0
+        if has_time:
+            probs = table.probabilities(tuple(key), age, t)
+        else:
+            k = (tuple(key), age)
+            probs = rows.get(k, rows)
+            if probs is rows:
+                probs = rows[k] = table.probabilities(k[0], age, t)
+        return _pick(person.uniform(), probs if probs is not None else defaults, targets)
     return nxt
 
 
@@ -123,7 +137,7 @@ def _type_of_care(spec: dict[str, Any]) -> Next:
     targets = [spec.get(k) for k in order]
 
     def nxt(run: Any, t: float) -> str:
-        era = "2020" if date_of(t).year >= 2020 else "pre2020"
+        era = "2020" if day_date(t).year >= 2020 else "pre2020"
         ins = str(run.person.attributes.get("insurance_status", "")).lower()
         w = _CARE_WEIGHTS[(era, "high_ed" if ins in _HIGH_ED else "general")]
         probs = [p for p, tg in zip(w, targets, strict=True) if tg]

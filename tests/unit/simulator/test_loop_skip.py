@@ -104,9 +104,41 @@ def test_a_loop_on_an_attribute_waits_until_another_module_sets_it(tmp_path):
     assert abs(turns.mean() - 20) < 4 * math.sqrt(0.95) / 0.05 / math.sqrt(N)
 
 
+PRIOR_LOOP = {
+    "Initial": {"type": "Initial", "distributed_transition": [
+        {"distribution": 0.5, "transition": "Marked"}, {"distribution": 0.5, "transition": "Wait"}]},
+    "Marked": {"type": "Simple", "direct_transition": "Wait"},
+    "Wait": {"type": "Delay", "exact": {"quantity": 1, "unit": "months"}, "complex_transition": [
+        {"condition": {"condition_type": "PriorState", "name": "Marked",
+                       "within": {"quantity": 2, "unit": "years"}},
+         "distributions": [{"distribution": 0.05, "transition": "Sick"},
+                           {"distribution": 0.95, "transition": "Wait"}]},
+        {"distributions": [{"distribution": 0.01, "transition": "Sick"},
+                           {"distribution": 0.99, "transition": "Wait"}]}]},
+    "Sick": {"type": "SetAttribute", "attribute": "left", "value": "sick",
+             "direct_transition": "Terminal"},
+    "Terminal": {"type": "Terminal"},
+}
+
+
+def test_a_loop_on_an_earlier_state_of_its_module_leaves_as_turn_by_turn(tmp_path):
+    # Only the module itself enters its states, so while it turns in the loop a PriorState
+    # on another state keeps its answer; its "within" window closes at a known time.
+    programs = library(tmp_path, loop=PRIOR_LOOP)
+    assert programs["loop"].states["Wait"].skip is not None
+    fast = [t - T0 for t, _ in leave_times(programs, "loop", skip=True, seed0=0)]
+    slow = [t - T0 for t, _ in leave_times(programs, "loop", skip=False, seed0=10_000)]
+    assert stats.ks_2samp(fast, slow).pvalue > 1e-3
+    # Half the patients leave at 5% a month for two years, then at 1%: the share gone by
+    # two years is 0.5 (1 - 0.95^24) + 0.5 (1 - 0.99^24).
+    gone = sum(t <= 2 * YEAR for t in fast) / len(fast)
+    expected = 0.5 * (1 - 0.95 ** 24) + 0.5 * (1 - 0.99 ** 24)
+    assert abs(gone - expected) < 4 * math.sqrt(expected * (1 - expected) / len(fast))
+
+
 @pytest.mark.parametrize("spec", [
     {"condition_type": "Active Condition", "codes": [{"system": "SNOMED-CT", "code": "1"}]},
-    {"condition_type": "PriorState", "name": "Initial"},
+    {"condition_type": "PriorState", "name": "Wait"},
 ])
 def test_loops_that_read_the_record_are_run_turn_by_turn(tmp_path, spec):
     programs = library(tmp_path, loop={
@@ -117,3 +149,38 @@ def test_loops_that_read_the_record_are_run_turn_by_turn(tmp_path, spec):
         "Terminal": {"type": "Terminal"},
     })
     assert programs["loop"].states["Wait"].skip is None
+
+
+def test_a_loop_through_a_dated_lookup_table_leaves_as_turn_by_turn(tmp_path):
+    # covid19's shape: wait 4 days, ask a table of daily rates, mostly wait again. Days 100
+    # to 160 after T0 have a 2% chance a turn (women only, from a gender column), 5% on days
+    # 130 to 160; outside the table's span every turn stays.
+    (tmp_path / "lookup_tables").mkdir()
+    rows = ["time,gender,Wait,Sick"]
+    for day in range(100, 160):
+        lo = (T0 + day) * 86_400_000
+        p = 0.05 if day >= 130 else 0.02
+        rows.append(f"{lo:.0f}-{lo + 86_399_999:.0f},F,{1 - p},{p}")
+    (tmp_path / "lookup_tables" / "daily.csv").write_text("\n".join(rows) + "\n")
+    programs = library(tmp_path, loop={
+        "Initial": {"type": "Initial", "direct_transition": "Wait"},
+        "Wait": {"type": "Delay", "exact": {"quantity": 4, "unit": "days"},
+                 "lookup_table_transition": [
+                     {"transition": "Wait", "default_probability": 1, "lookup_table_name": "daily.csv"},
+                     {"transition": "Sick", "default_probability": 0, "lookup_table_name": "daily.csv"}]},
+        "Sick": {"type": "SetAttribute", "attribute": "left", "value": "sick",
+                 "direct_transition": "Terminal"},
+        "Terminal": {"type": "Terminal"},
+    })
+    skip = programs["loop"].states["Wait"].skip
+    assert skip is not None and skip.reads == {"gender"}
+    fast = [t - T0 for t, _ in leave_times(programs, "loop", skip=True, seed0=0, horizon=2 * YEAR)]
+    slow = [t - T0 for t, _ in leave_times(programs, "loop", skip=False, seed0=10_000,
+                                           horizon=2 * YEAR)]
+    left = [t for t in fast if t != math.inf]
+    assert all(100 <= t < 161 for t in left)
+    assert stats.ks_2samp(left, [t for t in slow if t != math.inf]).pvalue > 1e-3
+    # 15 turns land in the span (one every 4 days), 8 at 2% and 7 at 5%.
+    expected = 1 - 0.98 ** 8 * 0.95 ** 7
+    share = len(left) / len(fast)
+    assert abs(share - expected) < 4 * math.sqrt(expected * (1 - expected) / len(fast))
