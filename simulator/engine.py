@@ -22,7 +22,7 @@ from simulator import facts
 from simulator.extensions import delay_site, learned_kind, plain_gmf
 from simulator.person import Person
 from simulator.record import Code, Encounter, Entry
-from simulator.states import TERMINAL, CompiledState, compile_state
+from simulator.states import TERMINAL, CompiledState, compile_state, no_work
 from simulator.timing import compile_duration
 from simulator.transitions import compile_transition
 
@@ -569,7 +569,7 @@ def run_module(run: ModuleRun) -> Generator[Any, Any, bool]:
                                       f"transition to missing state {target!r}")
             state = nxt
             continue
-        else:
+        elif state.process is not no_work:
             r = state.process(run, t)
             while r is not None:
                 if r is TERMINAL:
@@ -591,7 +591,7 @@ def run_module(run: ModuleRun) -> Generator[Any, Any, bool]:
             run.exit(name, t)
         else:
             last_exit[name] = t
-        target = state.next(run, t)
+        target = state.direct or state.next(run, t)
         nxt = states.get(target)
         if nxt is None:
             raise SimulationError(f"module {run.module_name!r}, state {name!r}: transition to "

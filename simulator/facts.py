@@ -183,7 +183,7 @@ def _bmi_median_sigma(age: float, sex: str) -> tuple[float, float]:
         m = b["bmi_median"]
         return _interp(age, m["ages"], m[sex]), b["bmi_log_sd_child"]
     bands = b["adult_bmi_median"]
-    i = max(k for k, lo in enumerate(bands["bands"]) if age >= lo)
+    i = bisect.bisect_right(bands["bands"], age) - 1
     # blend from the 20-year child median into the adult band over the early twenties
     med = bands[sex][i]
     if age < 25:

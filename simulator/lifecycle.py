@@ -10,6 +10,7 @@ patient's SimPy processes other than the modules. Every number comes from
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Generator
 from typing import Any
@@ -114,6 +115,13 @@ class Lifecycle:
         self.rr_z = _normal(u)
         self.lab_z = {k: _normal(u) for k in _LABS}
         self.egfr_z = _normal(u)
+        # The laboratory values that do not change over a life (each at its own z-score);
+        # glucose, creatinine and eGFR are set at each update.
+        self.labs = {name: round(max(0.0, mean + sd * self.lab_z[name]), 1)
+                     for name, (mean, sd) in _LABS.items()}
+        self.labs["Oxygen Saturation"] = min(100.0, self.labs["Oxygen Saturation"])
+        cm, csd = _CREATININE[self.sex]
+        self.labs["Creatinine"] = round(max(0.3, cm + csd * self.egfr_z * -1.0), 2)
         self.doses: dict[str, int] = {}
         self.last_symptom_visit = -math.inf
         person.wellness_visit = None
@@ -200,15 +208,13 @@ class Lifecycle:
         vit["Diastolic Blood Pressure"] = round(dia_bp)
         vit["Heart Rate"] = round(facts.heart_rate(age, self.hr_z))
         vit["Respiration Rate"] = round(facts.respiratory_rate(age, self.rr_z))
-        for name, (mean, sd) in _LABS.items():
-            value = mean + sd * self.lab_z[name]
-            if name == "Glucose" and person.attributes.get("diabetes") is True:
-                value += 45.0  # diagnosed diabetes: fasting glucose >= 126 mg/dL (ADA)
-            vit[name] = round(max(0.0, value), 1)
+        # Set again at every update: a module's VitalSign state may have changed one.
+        vit.update(self.labs)
+        if person.attributes.get("diabetes") is True:
+            # diagnosed diabetes: fasting glucose >= 126 mg/dL (ADA)
+            mean, sd = _LABS["Glucose"]
+            vit["Glucose"] = round(max(0.0, mean + sd * self.lab_z["Glucose"] + 45.0), 1)
         vit["Blood Glucose"] = vit["Glucose"]
-        cm, csd = _CREATININE[sex]
-        vit["Creatinine"] = round(max(0.3, cm + csd * self.egfr_z * -1.0), 2)
-        vit["Oxygen Saturation"] = min(100.0, vit["Oxygen Saturation"])
         egfr = 100.0 + 12.0 * self.egfr_z - max(0.0, age - 40.0)
         if person.attributes.get("ckd") is not None:
             egfr = min(egfr, 55.0)  # chronic kidney disease: stage 3 or worse (KDIGO 2012)
@@ -291,8 +297,15 @@ class Lifecycle:
                 rec.append(Immunization("wellness", t, (Code("CVX", vac.cvx, vac.display),), enc))
 
 
+#: A vaccine's dose ages, sorted, by its ages tuple (the schedule is asked at every visit).
+_SORTED_AGES: dict[tuple[float, ...], list[float]] = {}
+
+
 def _doses_due(vac: Any, months: float) -> int:
-    n = sum(1 for a in vac.ages_months if a <= months + 1e-9)
+    ages = _SORTED_AGES.get(vac.ages_months)
+    if ages is None:
+        ages = _SORTED_AGES[vac.ages_months] = sorted(vac.ages_months)
+    n = bisect.bisect_right(ages, months + 1e-9)
     every = getattr(vac, "repeat_every_months", None)
     if every:
         start = getattr(vac, "repeat_from_months", 0.0) or 0.0

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from modules.errors import ConfigError, ModuleError, SimulationError
+from modules.gmf import transition_key
 from simulator.expressions import compile_expression
 from simulator.logic import compile_condition
 from simulator.person import WATCH_OBSERVATION, Person
@@ -37,7 +38,8 @@ from simulator.record import (
 )
 from simulator.timing import compile_distribution, compile_duration
 
-__all__ = ["CompiledState", "TERMINAL", "compile_state", "register_state_kind", "codes_of"]
+__all__ = [
+    "CompiledState", "no_work", "TERMINAL", "compile_state", "register_state_kind", "codes_of"]
 
 TERMINAL = object()
 Process = Callable[[Any, float], Any]
@@ -46,7 +48,8 @@ Process = Callable[[Any, float], Any]
 class CompiledState:
     """An immutable compiled state. ``next`` picks the following state's name."""
 
-    __slots__ = ("name", "type", "process", "next", "recheck", "submodule", "spec", "skip")
+    __slots__ = ("name", "type", "process", "next", "recheck", "submodule", "spec", "skip",
+                 "direct")
 
     def __init__(self, name: str, stype: str, process: Process, nxt: Any, spec: dict[str, Any],
                  recheck: bool = False, submodule: str | None = None) -> None:
@@ -60,6 +63,11 @@ class CompiledState:
         #: For a Delay that loops to itself on the clock alone: ``skip(run, t)`` returns
         #: (the time the loop is left, the state it goes to), so the engine waits once.
         self.skip: Any = None
+        #: The target of a ``direct_transition`` (the engine takes it without calling
+        #: ``next``; half the transitions of Synthea's library are direct).
+        self.direct: str | None = spec["direct_transition"] \
+            if stype != "Physiology" and transition_key(spec) == "direct_transition" \
+            and isinstance(spec["direct_transition"], str) else None
 
 
 def codes_of(spec: Any) -> tuple[Code, ...]:
@@ -74,7 +82,9 @@ def _fail(run: Any, message: str) -> SimulationError:
     return SimulationError(f"module {run.module_name!r}, state {run.state_name!r}: {message}")
 
 
-def _cont(run: Any, t: float) -> None:
+def no_work(run: Any, t: float) -> None:
+    """The process of a state that does nothing but move on (Initial, Simple, Physiology):
+    the engine does not call it."""
     return None
 
 
@@ -686,11 +696,11 @@ def _terminal(name: str, spec: dict[str, Any], where: str) -> Process:
 def _physiology(name: str, spec: dict[str, Any], where: str) -> Process:
     # carecourse has no SBML solver: the state does no work and the module follows
     # alt_direct_transition, as Synthea does with physiology simulation switched off.
-    return _cont
+    return no_work
 
 
 def _simple(name: str, spec: dict[str, Any], where: str) -> Process:
-    return _cont
+    return no_work
 
 
 StateBuilder = Callable[[str, dict[str, Any], str], Process]
