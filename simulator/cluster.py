@@ -37,7 +37,7 @@ from typing import Any
 import orjson
 
 from modules.errors import ConfigError, OutputError, SimulationError
-from modules.extensions import sha256_file
+from modules.extensions import LEARNED_KEYS, sha256_file
 from simulator.population import (
     RunConfig,
     RunSummary,
@@ -95,7 +95,45 @@ def _library_digest(config: RunConfig) -> str:
         if p.is_file() and p.suffix in (".json", ".csv", ".pt"):
             h.update(str(p.relative_to(root)).encode())
             h.update(p.read_bytes())
+    # Model cards (and the weights they name) that a learned key finds outside the library
+    # folder, e.g. "../models/course.json": retraining one changes the population too.
+    inside = root.resolve()
+    for p in sorted(_model_files(root)):
+        if inside not in p.resolve().parents and p.is_file():
+            h.update(str(p).encode())
+            h.update(p.read_bytes())
     return h.hexdigest()
+
+
+def _model_files(root: Path) -> set[Path]:
+    """The model cards named by the learned keys of the modules under ``root`` (paths
+    relative to each module file, as the engine resolves them), with their weights files."""
+    out: set[Path] = set()
+    for module in root.rglob("*.json"):
+        try:
+            spec = orjson.loads(module.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            continue
+        states = spec.get("states") if isinstance(spec, dict) else None
+        if not isinstance(states, dict):
+            continue
+        for state in states.values():
+            if not isinstance(state, dict):
+                continue
+            sites = [state[k] for k in LEARNED_KEYS if isinstance(state.get(k), dict)]
+            for site in sites:
+                if not isinstance(site.get("model"), str):
+                    continue
+                card = Path(site["model"])
+                card = card if card.is_absolute() else module.parent / card
+                out.add(card)
+                try:
+                    weights = orjson.loads(card.read_bytes()).get("weights")
+                except (OSError, orjson.JSONDecodeError, AttributeError):
+                    continue
+                if isinstance(weights, str):
+                    out.add(card.parent / weights)
+    return out
 
 
 def fingerprint(config: RunConfig, sinks: list[Any], size: int) -> str:
