@@ -73,6 +73,8 @@ def compile_module(module: Module, library: ModuleLibrary | None, *,
         if library is not None:
             _fast_forward(states[name], library)
         _skip_loop(states[name])
+        st = states[name]
+        st.plain = st.process is no_work and st.submodule is None and st.skip is None
     if "Initial" not in states:
         raise ModuleError(f"{module.path}: module has no 'Initial' state")
     return Program(module.key, module.name, states, _background_excludes(module))
@@ -511,89 +513,98 @@ def run_module(run: ModuleRun) -> Generator[Any, Any, bool]:
         name = state.name
         run.state_name = name
         run.entered = t
-        if recording:
-            run.enter(name, t)
-        else:
+        if state.plain and not recording:
+            # A state that does nothing but move on (half of all): entered and left now.
             ctx.seq += 1
             last_seq[name] = ctx.seq
-            last_exit[name] = None
-        if state.submodule is not None:
-            try:
-                sub_program = run.programs[state.submodule]
-            except KeyError:
-                raise SimulationError(f"module {run.module_name!r}, state {name!r}: submodule "
-                                      f"{state.submodule!r} is not in the module library") from None
-            sub = ModuleRun(person, sub_program, run.programs, run.hooks, ctx=run.ctx,
-                            module_name=run.module_name, keep_history=run.history is not None,
-                            top=False, top_key=run.top_key)
-            finished = yield from run_module(sub)
-            run.last_seq.update(sub.last_seq)
-            run.last_exit.update(sub.last_exit)
-            if run.history is not None and sub.history is not None:
-                run.history.extend(sub.history)
-            if not finished:
-                return False
-            t = env.now
-            # The calling state appears again after the submodule's states.
-            run.state_name = name
-            run.enter(name, t)
-        elif state.skip is not None and run.history is None:
-            skip = state.skip
-            base = t
-            while True:
-                at, target = skip.plan(run, base)
-                tm = None
-                if not skip.reads:
-                    # An infinite wait is a loop that can never leave: sleep for good.
-                    yield env.timeout(at - t) if at != math.inf else env.event()
-                else:
-                    wake = env.event()
-                    for key in skip.reads:
-                        person.watch(key, wake)
-                    if at != math.inf:
-                        tm = env.timeout(at - t)
-                        tm.callbacks.append(
-                            lambda _ev, w=wake: None if w.triggered else w.succeed())
-                    yield wake
-                t = env.now
-                steps = 0
-                if person.death is not None and person.death <= t:
-                    return False
-                if not skip.reads or (tm is not None and tm.triggered):
-                    break
-                base = skip.last_turn(base, t)  # an attribute changed: draw again from here
-            run.exit(name, t)
-            nxt = states.get(target)
-            if nxt is None:
-                raise SimulationError(f"module {run.module_name!r}, state {name!r}: "
-                                      f"transition to missing state {target!r}")
-            state = nxt
-            continue
-        elif state.process is not no_work:
-            r = state.process(run, t)
-            while r is not None:
-                if r is TERMINAL:
-                    run.exit(name, t)
-                    if run.top:
-                        enc = run.ctx.encounter
-                        if enc is not None and not enc.ended and not enc.scheduled:
-                            enc.end(t)
-                    return True
-                yield r
-                t = env.now
-                steps = 0
-                if person.death is not None and person.death <= t:
-                    return False
-                if not state.recheck:
-                    break
-                r = state.process(run, t)
-        if recording:
-            run.exit(name, t)
-        else:
             last_exit[name] = t
+        else:
+            if recording:
+                run.enter(name, t)
+            else:
+                ctx.seq += 1
+                last_seq[name] = ctx.seq
+                last_exit[name] = None
+            if state.submodule is not None:
+                try:
+                    sub_program = run.programs[state.submodule]
+                except KeyError:
+                    raise SimulationError(f"module {run.module_name!r}, state {name!r}: submodule "
+                                          f"{state.submodule!r} is not in the module library") from None
+                sub = ModuleRun(person, sub_program, run.programs, run.hooks, ctx=run.ctx,
+                                module_name=run.module_name, keep_history=run.history is not None,
+                                top=False, top_key=run.top_key)
+                finished = yield from run_module(sub)
+                run.last_seq.update(sub.last_seq)
+                run.last_exit.update(sub.last_exit)
+                if run.history is not None and sub.history is not None:
+                    run.history.extend(sub.history)
+                if not finished:
+                    return False
+                t = env.now
+                # The calling state appears again after the submodule's states.
+                run.state_name = name
+                run.enter(name, t)
+            elif state.skip is not None and run.history is None:
+                skip = state.skip
+                base = t
+                while True:
+                    at, target = skip.plan(run, base)
+                    tm = None
+                    if not skip.reads:
+                        # An infinite wait is a loop that can never leave: sleep for good.
+                        yield env.timeout(at - t) if at != math.inf else env.event()
+                    else:
+                        wake = env.event()
+                        for key in skip.reads:
+                            person.watch(key, wake)
+                        if at != math.inf:
+                            tm = env.timeout(at - t)
+                            tm.callbacks.append(
+                                lambda _ev, w=wake: None if w.triggered else w.succeed())
+                        yield wake
+                    t = env.now
+                    steps = 0
+                    if person.death is not None and person.death <= t:
+                        return False
+                    if not skip.reads or (tm is not None and tm.triggered):
+                        break
+                    base = skip.last_turn(base, t)  # an attribute changed: draw again from here
+                run.exit(name, t)
+                nxt = states.get(target)
+                if nxt is None:
+                    raise _missing(run, name, target)
+                state = nxt
+                continue
+            elif state.process is not no_work:
+                r = state.process(run, t)
+                while r is not None:
+                    if r is TERMINAL:
+                        run.exit(name, t)
+                        if run.top:
+                            enc = run.ctx.encounter
+                            if enc is not None and not enc.ended and not enc.scheduled:
+                                enc.end(t)
+                        return True
+                    yield r
+                    t = env.now
+                    steps = 0
+                    if person.death is not None and person.death <= t:
+                        return False
+                    if not state.recheck:
+                        break
+                    r = state.process(run, t)
+            if recording:
+                run.exit(name, t)
+            else:
+                last_exit[name] = t
         target = state.direct or state.next(run, t)
         nxt = states.get(target)
         if nxt is None:
-            raise SimulationError(f"module {run.module_name!r}, state {name!r}: transition to "
-                                  f"missing state {target!r}")
+            raise _missing(run, name, target)
         state = nxt
+
+
+def _missing(run: ModuleRun, name: str, target: str) -> SimulationError:
+    return SimulationError(f"module {run.module_name!r}, state {name!r}: transition to "
+                           f"missing state {target!r}")

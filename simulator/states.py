@@ -49,7 +49,7 @@ class CompiledState:
     """An immutable compiled state. ``next`` picks the following state's name."""
 
     __slots__ = ("name", "type", "process", "next", "recheck", "submodule", "spec", "skip",
-                 "direct")
+                 "direct", "plain")
 
     def __init__(self, name: str, stype: str, process: Process, nxt: Any, spec: dict[str, Any],
                  recheck: bool = False, submodule: str | None = None) -> None:
@@ -63,6 +63,9 @@ class CompiledState:
         #: For a Delay that loops to itself on the clock alone: ``skip(run, t)`` returns
         #: (the time the loop is left, the state it goes to), so the engine waits once.
         self.skip: Any = None
+        #: Whether the state does nothing but move on (no work, no submodule, no loop
+        #: skip): the engine enters and leaves it in one step. Set once compiled.
+        self.plain = False
         #: The target of a ``direct_transition`` (the engine takes it without calling
         #: ``next``; half the transitions of Synthea's library are direct).
         self.direct: str | None = spec["direct_transition"] \
