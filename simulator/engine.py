@@ -77,6 +77,9 @@ def compile_module(module: Module, library: ModuleLibrary | None, *,
         st.plain = st.process is no_work and st.submodule is None and st.skip is None
     if "Initial" not in states:
         raise ModuleError(f"{module.path}: module has no 'Initial' state")
+    for st in states.values():
+        if st.direct is not None:
+            st.following = states.get(st.direct)
     return Program(module.key, module.name, states, _background_excludes(module))
 
 
@@ -598,10 +601,13 @@ def run_module(run: ModuleRun) -> Generator[Any, Any, bool]:
                 run.exit(name, t)
             else:
                 last_exit[name] = t
-        target = state.direct or state.next(run, t)
-        nxt = states.get(target)
+        nxt = state.following
         if nxt is None:
-            raise _missing(run, name, target)
+            target = state.direct or state.next(run, t)
+            try:
+                nxt = states[target]
+            except KeyError:
+                raise _missing(run, name, target) from None
         state = nxt
 
 

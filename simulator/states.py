@@ -49,7 +49,7 @@ class CompiledState:
     """An immutable compiled state. ``next`` picks the following state's name."""
 
     __slots__ = ("name", "type", "process", "next", "recheck", "submodule", "spec", "skip",
-                 "direct", "plain")
+                 "direct", "plain", "following")
 
     def __init__(self, name: str, stype: str, process: Process, nxt: Any, spec: dict[str, Any],
                  recheck: bool = False, submodule: str | None = None) -> None:
@@ -71,6 +71,8 @@ class CompiledState:
         self.direct: str | None = spec["direct_transition"] \
             if stype != "Physiology" and transition_key(spec) == "direct_transition" \
             and isinstance(spec["direct_transition"], str) else None
+        #: The compiled state ``direct`` names, once the whole module is compiled.
+        self.following: CompiledState | None = None
 
 
 def codes_of(spec: Any) -> tuple[Code, ...]:
