@@ -12,7 +12,9 @@ shard's SHA-256. A task that fails is retried by Dask; a task that ran on a work
 died is rescheduled; a second execution of a finished partition finds the folder and
 keeps the first. So a shard is either whole or absent, and no patient appears twice.
 
-``<out>/parts/manifest.json`` gathers the partition records as they finish. Rerunning an
+``<out>/parts/manifest.json`` gathers the partition records as they finish (rewritten every
+two seconds at most, and when the run stops; each partition also keeps its own record, which
+is what a resume reads). Rerunning an
 interrupted run (same command, same ``--out``) checks each finished shard against its
 checksums and computes only the missing partitions. When all are there, the sinks join the
 shards in partition order exactly as ``--processes`` does, so the output is byte for byte
@@ -50,6 +52,10 @@ __all__ = ["run_on_dask", "plan_partitions", "default_partition_size"]
 
 PARTS = "parts"
 MANIFEST = "manifest.json"
+#: The partitions' manifest is rewritten at most this often while a run goes on (and when
+#: it stops): rewriting it after every partition made the driver's work grow with the
+#: square of the number of partitions, on cores the workers need.
+_MANIFEST_EVERY_S = 2.0
 RECORD = "_partition.json"
 
 _CACHE: dict[str, Any] = {}
@@ -343,6 +349,7 @@ def run_on_dask(config: RunConfig, sinks: list[Any], *, workers: int | None = No
                                     "partitions": [done[k] for k in sorted(done)]})
 
     save_manifest()
+    saved = time.perf_counter()
     bar = tqdm(total=config.population, unit="patients", disable=not progress, smoothing=0.1,
                dynamic_ncols=True, initial=sum(done[k]["patients"] for k in done))
     failed: list[tuple[int, BaseException]] = []
@@ -362,11 +369,14 @@ def run_on_dask(config: RunConfig, sinks: list[Any], *, workers: int | None = No
                     bar.set_postfix(failed_partitions=len(failed), refresh=False)
                     continue
                 done[k] = rec
-                save_manifest()
+                if time.perf_counter() - saved >= _MANIFEST_EVERY_S:
+                    save_manifest()
+                    saved = time.perf_counter()
                 bar.update(rec["patients"])
                 if on_partition is not None:
                     on_partition(client, rec)
         finally:
+            save_manifest()
             bar.close()
             _close(client, workers)
     bar.close()
