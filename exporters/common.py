@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from typing import Any
 
 __all__ = ["entry_id", "dicom_uid", "Clock", "MS_PER_DAY"]
 
@@ -35,8 +36,21 @@ def entry_id(seed: int, kind: str, index: int) -> str:
 
 
 def _digest(seed: int, kind: str, index: int) -> bytes:
-    key = (seed & ((1 << 128) - 1)).to_bytes(16, "little")
-    return hashlib.blake2b(f"{kind}:{index}".encode(), digest_size=16, key=key).digest()
+    h = _keyed.get(seed)
+    if h is None:
+        # Keying a BLAKE2b hasher costs a compression of its own: do it once per patient
+        # and copy the keyed state for each of the patient's hundreds of entries.
+        if len(_keyed) >= 64:
+            _keyed.clear()
+        key = (seed & ((1 << 128) - 1)).to_bytes(16, "little")
+        h = _keyed[seed] = hashlib.blake2b(digest_size=16, key=key)
+    d = h.copy()
+    d.update(f"{kind}:{index}".encode())
+    return d.digest()
+
+
+#: Keyed hashers of the patients whose ids are being made (a few at a time).
+_keyed: dict[int, Any] = {}
 
 
 def dicom_uid(seed: int, kind: str, index: int) -> str:
