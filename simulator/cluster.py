@@ -40,6 +40,7 @@ import orjson
 
 from modules.errors import ConfigError, OutputError, SimulationError
 from modules.extensions import LEARNED_KEYS, sha256_file
+from simulator.extensions import LearnedSite
 from simulator.population import (
     RunConfig,
     RunSummary,
@@ -123,15 +124,14 @@ def _model_files(root: Path) -> set[Path]:
         states = spec.get("states") if isinstance(spec, dict) else None
         if not isinstance(states, dict):
             continue
-        for state in states.values():
+        for name, state in states.items():
             if not isinstance(state, dict):
                 continue
-            sites = [state[k] for k in LEARNED_KEYS if isinstance(state.get(k), dict)]
-            for site in sites:
-                if not isinstance(site.get("model"), str):
+            for key in LEARNED_KEYS:
+                site = state.get(key)
+                if not isinstance(site, dict) or not isinstance(site.get("model"), str):
                     continue
-                card = Path(site["model"])
-                card = card if card.is_absolute() else module.parent / card
+                card = LearnedSite(module, name, key, site).resolve(site["model"])
                 out.add(card)
                 try:
                     weights = orjson.loads(card.read_bytes()).get("weights")

@@ -78,8 +78,8 @@ def compile_module(module: Module, library: ModuleLibrary | None, *,
     if "Initial" not in states:
         raise ModuleError(f"{module.path}: module has no 'Initial' state")
     for st in states.values():
-        if st.direct is not None:
-            st.following = states.get(st.direct)
+        if st.type != "Physiology" and transition_key(st.spec) == "direct_transition":
+            st.following = states.get(st.spec["direct_transition"])
     return Program(module.key, module.name, states, _background_excludes(module))
 
 
@@ -141,14 +141,20 @@ def _fast_forward(state: CompiledState, library: ModuleLibrary) -> None:
     def process(run: Any, t: float) -> Any:
         if t + d > last:
             return run.env.event()  # every later loop lands on "wait again": sleep for good
-        n = max(1, math.ceil((first - t) / d - 1e-12))
-        return run.env.timeout(n * d)
+        return run.env.timeout(_table_turn(t, d, first) - t)
     state.process = process
     # Inside the table's span the turns are drawn one by one, without an event each
     # (covid19's loop turns every 4 days through 2020-2022).
     assert state.next is not None
     state.skip = LoopSkip(state.name, spec, state.next, step, d,
                           frozenset(table.attribute_columns), span=span)
+
+
+def _table_turn(t: float, step: float, first: float) -> float:
+    """The next turn after ``t`` of a loop of ``step`` through a table whose span starts at
+    ``first``: the next one, or the first at or after ``first`` (the turns before it all
+    stay)."""
+    return t + max(1, math.ceil((first - t) / step - 1e-12)) * step
 
 
 _CLOCK_CONDITIONS = frozenset({"Age", "Date", "True", "False"})
@@ -332,9 +338,7 @@ class LoopSkip:
             first, last = self.span
             nxt = self.nxt
             while True:
-                turn = t + step
-                if turn < first:
-                    turn = t + max(1, math.ceil((first - t) / step - 1e-12)) * step
+                turn = _table_turn(t, step, first)
                 if turn > limit:
                     return turn, name
                 if turn > last:
@@ -603,7 +607,7 @@ def run_module(run: ModuleRun) -> Generator[Any, Any, bool]:
                 last_exit[name] = t
         nxt = state.following
         if nxt is None:
-            target = state.direct or state.next(run, t)
+            target = state.next(run, t)
             try:
                 nxt = states[target]
             except KeyError:

@@ -288,7 +288,7 @@ class Vaccine:
 def immunization_schedule() -> tuple[Vaccine, ...]:
     out = []
     for v in _json("immunizations.json")["vaccines"]:
-        out.append(Vaccine(v["key"], v["cvx"], v["display"], tuple(v["ages_months"]),
+        out.append(Vaccine(v["key"], v["cvx"], v["display"], tuple(sorted(v["ages_months"])),
                            v.get("repeat_every_months"), float(v.get("repeat_from_months", 0.0)),
                            v.get("repeat_until_months")))
     return tuple(out)

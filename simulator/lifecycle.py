@@ -297,15 +297,8 @@ class Lifecycle:
                 rec.append(Immunization("wellness", t, (Code("CVX", vac.cvx, vac.display),), enc))
 
 
-#: A vaccine's dose ages, sorted, by its ages tuple (the schedule is asked at every visit).
-_SORTED_AGES: dict[tuple[float, ...], list[float]] = {}
-
-
 def _doses_due(vac: Any, months: float) -> int:
-    ages = _SORTED_AGES.get(vac.ages_months)
-    if ages is None:
-        ages = _SORTED_AGES[vac.ages_months] = sorted(vac.ages_months)
-    n = bisect.bisect_right(ages, months + 1e-9)
+    n = bisect.bisect_right(vac.ages_months, months + 1e-9)  # sorted by the schedule
     every = getattr(vac, "repeat_every_months", None)
     if every:
         start = getattr(vac, "repeat_from_months", 0.0) or 0.0

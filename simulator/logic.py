@@ -351,28 +351,20 @@ def _attribute(spec: dict[str, Any]) -> Cond:
     # else goes through compare, errors included.
     fn = _OPS[op]
     kind = type(value)
-    if kind is bool and op in ("==", "!="):
-        def test(run: Any, t: float) -> bool:
-            v = run.person.attributes.get(name)
-            if type(v) is bool:
-                return fn(v, value)
-            return False if v is None else general(run, v)
+    if kind is bool:
+        same: tuple[type, ...] = (bool,) if op in ("==", "!=") else ()
     elif kind is str:
-        def test(run: Any, t: float) -> bool:
-            v = run.person.attributes.get(name)
-            if type(v) is str:
-                return fn(v, value)
-            return False if v is None else general(run, v)
+        same = (str,)
     elif kind is int or kind is float:
-        def test(run: Any, t: float) -> bool:
-            v = run.person.attributes.get(name)
-            tv = type(v)
-            if tv is float or tv is int:
-                return fn(v, value)
-            return False if v is None else general(run, v)
+        same = (int, float)
     else:
-        def test(run: Any, t: float) -> bool:
-            return general(run, run.person.attributes.get(name))
+        same = ()
+
+    def test(run: Any, t: float) -> bool:
+        v = run.person.attributes.get(name)
+        if type(v) in same:
+            return fn(v, value)
+        return False if v is None else general(run, v)
     return Cond(test, deps)
 
 

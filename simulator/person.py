@@ -158,7 +158,7 @@ class Person:
         if not watchers:
             return
         for c in codes:
-            key = f"{WATCH_ACTIVE}:{c.code}"
+            key = active_key(c.code)
             if key in watchers:
                 self.notify(key)
         if WATCH_ACTIVE in watchers:

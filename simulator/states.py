@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import Any
 
 from modules.errors import ConfigError, ModuleError, SimulationError
-from modules.gmf import transition_key
 from simulator.expressions import compile_expression
 from simulator.logic import compile_condition
 from simulator.person import WATCH_OBSERVATION, Person
@@ -49,7 +48,7 @@ class CompiledState:
     """An immutable compiled state. ``next`` picks the following state's name."""
 
     __slots__ = ("name", "type", "process", "next", "recheck", "submodule", "spec", "skip",
-                 "direct", "plain", "following")
+                 "plain", "following")
 
     def __init__(self, name: str, stype: str, process: Process, nxt: Any, spec: dict[str, Any],
                  recheck: bool = False, submodule: str | None = None) -> None:
@@ -66,12 +65,9 @@ class CompiledState:
         #: Whether the state does nothing but move on (no work, no submodule, no loop
         #: skip): the engine enters and leaves it in one step. Set once compiled.
         self.plain = False
-        #: The target of a ``direct_transition`` (the engine takes it without calling
-        #: ``next``; half the transitions of Synthea's library are direct).
-        self.direct: str | None = spec["direct_transition"] \
-            if stype != "Physiology" and transition_key(spec) == "direct_transition" \
-            and isinstance(spec["direct_transition"], str) else None
-        #: The compiled state ``direct`` names, once the whole module is compiled.
+        #: For a ``direct_transition``, the compiled state it names, set once the whole
+        #: module is compiled: the engine goes there without calling ``next`` (half the
+        #: transitions of Synthea's library are direct).
         self.following: CompiledState | None = None
 
 
