@@ -749,12 +749,16 @@ class MixtureGenerator(BaselineGenerator):
         ledger can be charged with the exact mechanism before the data are read."""
         from opacus.accountants.utils import get_noise_multiplier
 
-        batch = rows if self.config.batch_size is None else min(self.config.batch_size, rows)
+        batch = self._batch(rows)
         sample_rate = 1 / math.ceil(rows / batch)
         noise = get_noise_multiplier(target_epsilon=epsilon, target_delta=delta,
                                      sample_rate=sample_rate, epochs=self.config.epochs,
                                      accountant="rdp")
         return float(noise), sample_rate, self.config.epochs * math.ceil(rows / batch)
+
+    def _batch(self, rows: int) -> int:
+        """The batch size a fit on ``rows`` rows uses (all of them without ``batch_size``)."""
+        return rows if self.config.batch_size is None else min(self.config.batch_size, rows)
 
     def _new_model(self) -> _Mixture:
         cfg = self.config
@@ -774,7 +778,7 @@ class MixtureGenerator(BaselineGenerator):
         model = self._new_model().to(device)
         x = self._onehot(codes).to(device)
         n = len(x)
-        batch = n if cfg.batch_size is None else min(cfg.batch_size, n)
+        batch = self._batch(n)
         groups = [{"params": [model.mix, model.shared, model.head_bias], "weight_decay": 0.0},
                   {"params": [model.deviation, model.head_weight],
                    "weight_decay": cfg.weight_decay}]

@@ -283,8 +283,9 @@ class Consort:
                                   "matching the eligibility constraints)"
                                   if self.source_rows is not None else "")
         out = [f"baseline source: {src}"]
-        if self.conditioning():
-            out.append(f"  {self.conditioning()}")
+        conditioning = self.conditioning()
+        if conditioning:
+            out.append(f"  {conditioning}")
         out += [f"generated: {self.generated}",
                f"  not eligible: {self.generated - self.eligible}"]
         out += [f"    {n:6d}  {name}" for name, n in self.not_eligible.most_common()]
