@@ -27,15 +27,18 @@ def entry_id(seed: int, kind: str, index: int) -> str:
     >>> str(uuid.UUID(entry_id(7, "x", 3))) == entry_id(7, "x", 3)
     True
     """
-    b = bytearray(_digest(seed, kind, index))
-    # The version-4 layout, as uuid.UUID(bytes=..., version=4) sets it, without building one.
-    b[6] = (b[6] & 0x0F) | 0x40
-    b[8] = (b[8] & 0x3F) | 0x80
-    h = b.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    # The version-4 layout, as uuid.UUID(bytes=..., version=4) sets it, on the hex digits:
+    # version nibble 4, and the two top bits of the variant nibble 10.
+    h = _hasher(seed, kind, index).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
-def _digest(seed: int, kind: str, index: int) -> bytes:
+#: Hex digit of a byte's high nibble -> the same nibble with its top two bits set to 10.
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+
+
+def _hasher(seed: int, kind: str, index: int) -> Any:
+    """The BLAKE2b state keyed by the patient's seed, fed with the entry's kind and index."""
     h = _keyed.get(seed)
     if h is None:
         # Keying a BLAKE2b hasher costs a compression of its own: do it once per patient
@@ -46,7 +49,7 @@ def _digest(seed: int, kind: str, index: int) -> bytes:
         h = _keyed[seed] = hashlib.blake2b(digest_size=16, key=key)
     d = h.copy()
     d.update(f"{kind}:{index}".encode())
-    return d.digest()
+    return d
 
 
 #: Keyed hashers of the patients whose ids are being made (a few at a time).
@@ -55,7 +58,7 @@ _keyed: dict[int, Any] = {}
 
 def dicom_uid(seed: int, kind: str, index: int) -> str:
     # ITU-T X.667: a UUID as an OID is "2.25." followed by the UUID's decimal integer.
-    return f"2.25.{int.from_bytes(_digest(seed, kind, index), 'big')}"
+    return f"2.25.{int.from_bytes(_hasher(seed, kind, index).digest(), 'big')}"
 
 
 class Clock:

@@ -254,11 +254,17 @@ def patient_resources(person: Person, *, end: float | None = None, years_of_hist
     out: list[dict[str, Any]] = [_patient(person, clock)]
 
     enc_ids: dict[int, str] = {}
+    # {"encounter": reference} per exported encounter, shared by the resources recorded in
+    # it (read only: they are spread into each resource).
+    enc_refs: dict[int, dict[str, Any]] = {}
+    practitioner = ref.provider("Practitioner", abbr)
+    organization = ref.provider("Organization", abbr)
     for i, e in enumerate(rec.encounters):
         if e.start < cutoff:
             continue
         eid = entry_id(seed, "encounter", i)
         enc_ids[id(e)] = eid
+        enc_refs[id(e)] = {"encounter": ref("Encounter", eid)}
         code, display = _CLASS.get(e.encounter_class, ("AMB", "ambulatory"))
         r: dict[str, Any] = {
             "resourceType": "Encounter", "id": eid,
@@ -269,9 +275,9 @@ def patient_resources(person: Person, *, end: float | None = None, years_of_hist
                       "code": code, "display": display},
             "type": [_cc(e.codes)] if e.codes else [{"text": e.encounter_class}],
             "subject": patient_ref,
-            "participant": [{"individual": ref.provider("Practitioner", abbr)}],
+            "participant": [{"individual": practitioner}],
             "period": {"start": ts(e.start), "end": ts(e.stop if e.stop is not None else e.start)},
-            "serviceProvider": ref.provider("Organization", abbr),
+            "serviceProvider": organization,
         }
         if e.reason is not None:
             r["reasonCode"] = [_cc(e.reason)]
@@ -280,8 +286,7 @@ def patient_resources(person: Person, *, end: float | None = None, years_of_hist
         out.append(r)
 
     def enc_ref(entry: Entry) -> dict[str, Any]:
-        eid = enc_ids.get(id(entry.encounter)) if entry.encounter is not None else None
-        return {"encounter": ref("Encounter", eid)} if eid else {}
+        return enc_refs.get(id(entry.encounter), _NO_ENCOUNTER)
 
     def kept(entry: Entry) -> bool:
         return entry.stop is None or entry.stop >= cutoff
@@ -359,7 +364,8 @@ def patient_resources(person: Person, *, end: float | None = None, years_of_hist
             "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074",
                                       "code": "LAB", "display": "Laboratory"}]}],
             "code": _cc(rep.codes), "subject": patient_ref, **enc_ref(rep),
-            "effectiveDateTime": ts(rep.start), "issued": _instant(ts(rep.start)),
+            # A FHIR instant needs seconds and a zone: our stamps have both.
+            "effectiveDateTime": ts(rep.start), "issued": ts(rep.start),
             **({"result": results} if results else {}),
         })
 
@@ -396,7 +402,7 @@ def patient_resources(person: Person, *, end: float | None = None, years_of_hist
             "medicationReference": ref("Medication", med_id),
             "subject": patient_ref, **enc_ref(m),
             "authoredOn": ts(m.start),
-            "requester": ref.provider("Practitioner", abbr),
+            "requester": practitioner,
         }
         if m.reason is not None:
             r["reasonCode"] = [_cc(m.reason)]
@@ -452,13 +458,13 @@ def patient_resources(person: Person, *, end: float | None = None, years_of_hist
             "participant": [
                 {"role": [{"coding": [{"system": "http://snomed.info/sct", "code": "223366009",
                                        "display": "Healthcare professional (occupation)"}]}],
-                 "member": ref.provider("Practitioner", abbr)},
+                 "member": practitioner},
                 {"role": [{"coding": [{"system": "http://snomed.info/sct", "code": "224891009",
                                        "display": "Healthcare services (qualifier value)"}]}],
-                 "member": ref.provider("Organization", abbr)},
+                 "member": organization},
             ],
             **({"reasonCode": [_cc(cp.reasons)]} if cp.reasons else {}),
-            "managingOrganization": [ref.provider("Organization", abbr)],
+            "managingOrganization": [organization],
         })
         r["careTeam"] = [ref("CareTeam", team_id)]
         goal_refs = []
@@ -542,6 +548,9 @@ def patient_resources(person: Person, *, end: float | None = None, years_of_hist
     return out
 
 
+_NO_ENCOUNTER: dict[str, Any] = {}
+
+
 def _clinical_notes(person: Person, encounters: list[Any], enc_ids: dict[int, str], ref: Any,
                     abbr: str, ts: Callable[[float], str]) -> list[dict[str, Any]]:
     """A US Core clinical note (DocumentReference) per exported encounter: a plain-text
@@ -611,11 +620,6 @@ def _goal_text(goal: Any) -> str:
     return ""
 
 
-def _instant(stamp: str) -> str:
-    # FHIR instant needs seconds and a zone; our stamps already have both.
-    return stamp
-
-
 def _xml_escape(s: str) -> str:
     return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
@@ -653,6 +657,15 @@ def _quantity(value: float, unit: str) -> dict[str, Any]:
     return q
 
 
+@lru_cache(maxsize=256)
+def _obs_category(category: str) -> list[dict[str, Any]]:
+    """An Observation's category list, shared between resources (never mutated after).
+    Synthea's modules use a few categories outside HL7's observation-category codes (food,
+    environment, medication): those are kept as text, not miscoded."""
+    return [{"coding": [{"system": _OBS_CATEGORY, "code": category}]}
+            if category in _OBS_CATEGORIES else {"text": category}]
+
+
 def _value(o: Observation) -> dict[str, Any]:
     v = o.value
     if isinstance(v, bool):
@@ -673,14 +686,12 @@ def _value(o: Observation) -> dict[str, Any]:
 def _observation(o: Observation, oid: str, patient_ref: dict[str, str], enc: dict[str, Any],
                  ts: Callable[[float], str]) -> dict[str, Any]:
     category = o.category or "laboratory"
+    when = ts(o.start)
     r: dict[str, Any] = {
         "resourceType": "Observation", "id": oid, "status": "final",
-        # Synthea's modules use a few categories outside HL7's observation-category codes
-        # (food, environment, medication): those are kept as text, not miscoded.
-        "category": [{"coding": [{"system": _OBS_CATEGORY, "code": category}]}
-                     if category in _OBS_CATEGORIES else {"text": category}],
+        "category": _obs_category(category),
         "code": _cc(o.codes), "subject": patient_ref, **enc,
-        "effectiveDateTime": ts(o.start), "issued": _instant(ts(o.start)),
+        "effectiveDateTime": when, "issued": when,  # an instant: seconds and zone, as ours
     }
     code = o.codes[0].code if o.codes else ""
     if category == "vital-signs":

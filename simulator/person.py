@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+import itertools
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -80,25 +82,17 @@ class WellnessVisit:
         self.time = time
 
 
-class _Uniforms:
-    """Uniform [0, 1) numbers from the person's numpy Generator, drawn in blocks.
+def _uniforms(rng: np.random.Generator) -> Callable[[], float]:
+    """``uniform() -> float``: uniform [0, 1) numbers from the person's numpy Generator,
+    drawn in blocks of 256.
 
     Drawing one float at a time through numpy costs far more than the draw itself; a block
-    keeps the stream identical for a given seed while removing that cost.
+    keeps the stream identical for a given seed while removing that cost. The function is
+    an iterator's ``__next__`` over the blocks, chained in C: no Python frame per number
+    (a patient draws some thousands).
     """
-
-    __slots__ = ("_rng", "_buf")
-
-    def __init__(self, rng: np.random.Generator) -> None:
-        self._rng = rng
-        self._buf: list[float] = []
-
-    def __call__(self) -> float:
-        buf = self._buf
-        if not buf:
-            buf.extend(self._rng.random(256).tolist())
-            buf.reverse()
-        return buf.pop()
+    blocks = map(lambda _: rng.random(256).tolist(), itertools.repeat(None))
+    return itertools.chain.from_iterable(blocks).__next__
 
 
 class Person:
@@ -112,7 +106,7 @@ class Person:
         # how the run was split across processes.
         self.id = str(uuid.UUID(int=seed & ((1 << 128) - 1), version=4))
         self.rng = rng
-        self.uniform = _Uniforms(rng)
+        self.uniform = _uniforms(rng)
         self.birth = birth
         self.gender = gender
         self.demographics: Any = None
