@@ -96,7 +96,12 @@ class Encounter(Entry):
         encounter_class: str,
         reason: Code | None = None,
     ) -> None:
-        super().__init__(state, start, codes, None)
+        # Entry's fields set here, as in Observation (hundreds per patient).
+        self.state = state
+        self.start = start
+        self.stop: SimTime | None = None
+        self.codes = codes
+        self.encounter = None
         self.encounter_class = encounter_class
         self.reason = reason
         self.discharge: Code | None = None

@@ -353,12 +353,17 @@ def _encounter_state(name: str, spec: dict[str, Any], where: str) -> Process:
     codes = codes_of(spec.get("codes"))
     reason = spec.get("reason")
 
+    assign = spec.get("assign_to_attribute")
+
     def process(run: Any, t: float) -> None:
-        enc = Encounter(name, t, codes, cls, _reason(run, reason))
+        enc = Encounter(name, t, codes, cls, _reason(run, reason) if reason else None)
         run.person.record.encounters.append(enc)
-        run.ctx.encounter = enc
-        run.ctx.record_pending(name, t)
-        _assign(run, spec, enc)
+        ctx = run.ctx
+        ctx.encounter = enc
+        if ctx.pending:
+            ctx.record_pending(name, t)
+        if assign:
+            run.person.set_attribute(assign, enc)
         return None
     return process
 
@@ -497,16 +502,19 @@ def _procedure(name: str, spec: dict[str, Any], where: str) -> Process:
     reason = spec.get("reason")
     dur = compile_duration(spec)
 
+    assign = spec.get("assign_to_attribute")
+
     def process(run: Any, t: float) -> Any:
-        enc = _encounter(run, t)
-        entry = Procedure(name, t, codes, enc, _reason(run, reason))
+        enc = run.ctx.encounter or _encounter(run, t)
+        entry = Procedure(name, t, codes, enc, _reason(run, reason) if reason else None)
         d = dur(run.person.uniform) if dur is not None else 0.0
         entry.stop = t + d
         if entry.stop > enc.latest_contained:
             enc.latest_contained = entry.stop
         run.person.record.procedures.append(entry)
         run.ctx.entries[name] = entry
-        _assign(run, spec, entry)
+        if assign:
+            run.person.set_attribute(assign, entry)
         # The module waits until the procedure ends.
         return run.env.timeout(d) if d > 0 else None
     return process
@@ -532,14 +540,27 @@ def _note_observation(person: Person, obs: Observation) -> None:
 
 
 def _observation(name: str, spec: dict[str, Any], where: str) -> Process:
-    make = _observation_builder(name, spec, where)
+    # _observation_builder and _note_observation inlined: a patient records a thousand and
+    # more observations, and the calls were a measurable part of each.
+    codes = codes_of(spec.get("codes"))
+    keys = tuple(c.code for c in codes)
+    unit = str(spec.get("unit", ""))
+    category = str(spec.get("category", ""))
+    value = _value_source(name, spec, where)
+    assign = spec.get("assign_to_attribute")
 
     def process(run: Any, t: float) -> None:
-        obs = make(run, t, _encounter(run, t))
-        run.person.record.observations.append(obs)
-        _note_observation(run.person, obs)
+        person = run.person
+        obs = Observation(name, t, codes, run.ctx.encounter or _encounter(run, t),
+                          value(run, t), unit, category)
+        person.record.observations.append(obs)
+        latest = person.latest_observation
+        for c in keys:
+            latest[c] = obs
+        person.notify(WATCH_OBSERVATION)
         run.ctx.entries[name] = obs
-        _assign(run, spec, obs)
+        if assign:
+            person.set_attribute(assign, obs)
         return None
     return process
 

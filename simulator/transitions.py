@@ -8,6 +8,7 @@ handed to the kind.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,18 @@ def _distributed(options: list[dict[str, Any]]) -> Next:
         if len(targets) == 1:
             only = targets[0]
             return lambda run, t: only
-        return lambda run, t: _pick(run.person.uniform(), probs, targets)
+        cum = list(itertools.accumulate(probs))
+        pairs = list(zip(cum, targets, strict=True))
+        last = targets[-1]
+
+        def fixed_pick(run: Any, t: float) -> str:
+            # _pick on cumulative sums made once (the same sums, added in the same order)
+            u = run.person.uniform()
+            for acc, tgt in pairs:
+                if u < acc:
+                    return tgt
+            return last
+        return fixed_pick
     specs = [o["distribution"] for o in options]
 
     def nxt(run: Any, t: float) -> str:
