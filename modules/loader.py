@@ -152,8 +152,10 @@ def module_graph(spec: dict[str, Any], path: str = "") -> nx.DiGraph:
 
 
 def _check_module(key: str, path: Path, spec: dict[str, Any], library_keys: set[str],
-                  table_dir: Path, check_models: bool = True) -> list[tuple[str, Problem]]:
-    """(severity, problem) for everything wrong with one module spec."""
+                  table_dir: Path, check_models: bool = True, graph: nx.DiGraph | None = None
+                  ) -> list[tuple[str, Problem]]:
+    """(severity, problem) for everything wrong with one module spec; ``graph`` is its
+    :func:`module_graph` when the caller has built it already."""
     f = str(path)
     out: list[tuple[str, Problem]] = []
 
@@ -219,7 +221,7 @@ def _check_module(key: str, path: Path, spec: dict[str, Any], library_keys: set[
                     err(f"{where}.lookup_table_transition",
                         f"lookup table {t!r} not found in {table_dir}")
     if "Initial" in states:
-        g = module_graph(spec, f)
+        g = graph if graph is not None else module_graph(spec, f)
         reach = nx.descendants(g, "Initial") | {"Initial"}
         for sname in states:
             if sname not in reach:
@@ -330,10 +332,11 @@ def _build(root: Path, files: dict[str, Path], library_keys: set[str],
         found.extend((ERROR, p) for p in problems)
         if spec is None:
             continue
-        found.extend(_check_module(key, path, spec, library_keys, table_dir, check_models))
-        if isinstance(spec.get("states"), dict):
+        graph = module_graph(spec, str(path)) if isinstance(spec.get("states"), dict) else None
+        found.extend(_check_module(key, path, spec, library_keys, table_dir, check_models, graph))
+        if graph is not None:
             modules[key] = Module(key=key, name=str(spec.get("name") or key), path=path,
-                                  spec=spec, graph=module_graph(spec, str(path)))
+                                  spec=spec, graph=graph)
     return modules, found
 
 
