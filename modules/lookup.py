@@ -144,28 +144,50 @@ def load_lookup_table(path: Path, transitions: list[str]) -> LookupTable:
     has_time = "time" in keys
     attr_cols = tuple(k for k in keys if k not in ("age", "time"))
     order = [state_cols.index(t) for t in transitions]
+    col = {h: i for i, h in enumerate(header)}  # as a dict of the row would (last wins)
+    width = len(header)
+    state_at = [(c, col[c]) for c in state_cols]
+    attr_at = [col[c] for c in attr_cols]
+    age_at = col.get("age") if has_age else None
+    time_at = col.get("time") if has_time else None
+    # Tables repeat the same few age and time ranges row after row: each distinct cell is
+    # parsed once (and the place of an error is only written when there is one).
+    ages: dict[str, tuple[int, int]] = {}
+    times: dict[str, tuple[float, float]] = {}
     index: dict[tuple[str, ...], list[_Row]] = {}
     for line_no, row in enumerate(rows[1:], start=2):
-        where = f"{path}: row {line_no}"
-        if len(row) != len(header):
-            raise ModuleError(f"{where}: has {len(row)} cells, the header has {len(header)}")
-        cells = dict(zip(header, (c.strip() for c in row), strict=True))
-        age = _parse_age(cells["age"], f"{where}, column age") if has_age else None
-        time = _parse_time(cells["time"], f"{where}, column time") if has_time else None
+        if len(row) != width:
+            raise ModuleError(f"{path}: row {line_no}: has {len(row)} cells, the header has "
+                              f"{width}")
+        cells = [c.strip() for c in row]
+        age = time = None
+        if age_at is not None:
+            age = ages.get(cells[age_at])
+            if age is None:
+                age = ages[cells[age_at]] = _parse_age(
+                    cells[age_at], f"{path}: row {line_no}, column age")
+        if time_at is not None:
+            time = times.get(cells[time_at])
+            if time is None:
+                time = times[cells[time_at]] = _parse_time(
+                    cells[time_at], f"{path}: row {line_no}, column time")
         probs: list[float] = []
-        for col in state_cols:
+        for name, i in state_at:
             try:
-                p = float(cells[col])
+                p = float(cells[i])
             except ValueError:
-                raise ModuleError(f"{where}, column {col}: {cells[col]!r} is not a number") from None
+                raise ModuleError(f"{path}: row {line_no}, column {name}: {cells[i]!r} is not "
+                                  f"a number") from None
             if not (0.0 <= p <= 1.0) or math.isnan(p):
-                raise ModuleError(f"{where}, column {col}: probability {p} is not in [0, 1]")
+                raise ModuleError(f"{path}: row {line_no}, column {name}: probability {p} is "
+                                  f"not in [0, 1]")
             probs.append(p)
         # Tables hold rounded published rates, so a row may sum to 1.001 or 1.01; a larger
         # excess is a mistake in the table.
         if sum(probs) > 1.0 + _ROUNDING:
-            raise ModuleError(f"{where}: probabilities sum to {sum(probs):.6g}, more than 1")
-        key = tuple(cells[c] for c in attr_cols)
+            raise ModuleError(f"{path}: row {line_no}: probabilities sum to {sum(probs):.6g}, "
+                              f"more than 1")
+        key = tuple(cells[i] for i in attr_at)
         index.setdefault(key, []).append(_Row(age, time, tuple(probs[i] for i in order)))
     by_time = {}
     if has_time:
