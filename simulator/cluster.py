@@ -24,9 +24,11 @@ range, seeds, counts) and each output file with its size and SHA-256.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import os
+import pickle
 import shutil
 import time
 import uuid
@@ -60,6 +62,12 @@ _MANIFEST_EVERY_S = 2.0
 RECORD = "_partition.json"
 
 _CACHE: dict[str, Any] = {}
+#: The environment variable by which a local cluster hands its workers the run's
+#: configuration, so that each loads the library while the cluster starts (:func:`dask_setup`).
+_WARM_ENV = "CARECOURSE_WORKER_CONFIG"
+#: The _CACHE key of a library a worker loaded as it started, before it knew the run's
+#: fingerprint.
+_WARM = "warm"
 
 #: Dask settings for simulation workers (documented in the README for --scheduler users).
 QUIET_WORKERS = {
@@ -183,8 +191,11 @@ def _partition_task(k: int, start: int, stop: int, config: RunConfig, sinks: lis
     if (final / RECORD).is_file():
         return orjson.loads((final / RECORD).read_bytes())
     if fp not in _CACHE:
+        # A worker of a local cluster has loaded the library as it started (dask_setup),
+        # for this run: the cluster was started for it and no other.
+        warm = _CACHE.pop(_WARM, None)
         _CACHE.clear()
-        _CACHE[fp] = _prepare(config)
+        _CACHE[fp] = warm if warm is not None else _prepare(config)
     programs, top = _CACHE[fp]
     tmp = folder / f".part-{k:06d}.{uuid.uuid4().hex}.tmp"
     try:
@@ -228,7 +239,23 @@ def _finished(parts: Path, k: int) -> dict[str, Any] | None:
     return record
 
 
-def _client(workers: int | None, scheduler: str | None) -> Any:
+def dask_setup(worker: Any) -> None:
+    """Dask's preload hook, run in each worker of a local cluster as it starts: load and
+    compile the run's module library now, while the other workers and the scheduler are
+    still starting, instead of in the worker's first task. A failure is left for that task
+    to meet again and report."""
+    blob = os.environ.get(_WARM_ENV)
+    if not blob:
+        return
+    try:
+        config = pickle.loads(base64.b64decode(blob))
+        _CACHE[_WARM] = _prepare(config)
+    except Exception:  # noqa: BLE001 - the first task prepares again and reports it
+        _CACHE.pop(_WARM, None)
+
+
+def _client(workers: int | None, scheduler: str | None, config: RunConfig | None = None
+            ) -> Any:
     try:
         from distributed import Client, LocalCluster
     except ImportError:  # pragma: no cover - a declared dependency
@@ -248,9 +275,12 @@ def _client(workers: int | None, scheduler: str | None) -> Any:
     # sampler every 10 ms, a loop tick every 20 ms) cost about 10% on a 2-core machine;
     # these settings, handed by the nannies to their workers, keep the loop quiet.
     with dask.config.set(QUIET_WORKERS):
+        warm = {} if config is None else {
+            "preload": ["simulator.cluster"],
+            "env": {_WARM_ENV: base64.b64encode(pickle.dumps(config)).decode()}}
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                memory_limit=0, dashboard_address=None,
-                               silence_logs=logging.CRITICAL)
+                               silence_logs=logging.CRITICAL, **warm)
     return Client(cluster)
 
 
@@ -291,7 +321,7 @@ def run_on_dask(config: RunConfig, sinks: list[Any], *, workers: int | None = No
     starting = None
     if workers is not None:
         starting = ThreadPoolExecutor(max_workers=1, thread_name_prefix="carecourse-cluster")
-        pending = starting.submit(_client, workers, None)
+        pending = starting.submit(_client, workers, None, config)
     client = None
     try:
         _prepare(config)  # fail fast, here, on a broken library

@@ -1,0 +1,84 @@
+"""A local cluster's workers load the run's library as they start (simulator.cluster's
+dask_setup preload), and the first partition task on such a worker uses it."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import pickle
+
+import pytest
+
+from exporters.csv import CsvSink
+from simulator import cluster
+from simulator.population import RunConfig
+
+
+def _config(tmp_path, modules_dir):
+    return RunConfig(population=3, seed=5, out=tmp_path / "out", modules_dir=modules_dir,
+                     reference_date=dt.date(2020, 1, 1))
+
+
+def _library(tmp_path):
+    lib = tmp_path / "library"
+    lib.mkdir()
+    (lib / "visit.json").write_text(json.dumps({"name": "visit", "states": {
+        "Initial": {"type": "Initial", "direct_transition": "Checkup"},
+        "Checkup": {"type": "Encounter", "encounter_class": "ambulatory",
+                    "codes": [{"system": "SNOMED-CT", "code": "185349003",
+                               "display": "Encounter for check up"}],
+                    "direct_transition": "End"},
+        "End": {"type": "EncounterEnd", "direct_transition": "Terminal"},
+        "Terminal": {"type": "Terminal"}}}))
+    return lib
+
+
+@pytest.fixture
+def clean_cache():
+    cluster._CACHE.clear()
+    yield cluster._CACHE
+    cluster._CACHE.clear()
+
+
+def _hand_over(monkeypatch, config) -> None:
+    monkeypatch.setenv(cluster._WARM_ENV, base64.b64encode(pickle.dumps(config)).decode())
+
+
+def test_a_worker_loads_the_library_as_it_starts_and_its_first_task_uses_it(
+        tmp_path, monkeypatch, clean_cache):
+    config = _config(tmp_path, _library(tmp_path))
+    _hand_over(monkeypatch, config)
+    cluster.dask_setup(None)
+    warm = clean_cache[cluster._WARM]
+    programs, top = warm
+    assert top == ["visit"] and "visit" in programs
+
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    record = cluster._partition_task(0, 0, 3, config, [CsvSink()], str(parts), "fp")
+    assert record["patients"] == 3
+    assert (parts / "part-000000" / "csv" / "encounters.csv").is_file()
+    # The task kept the warm library under the run's fingerprint: no second load.
+    assert clean_cache == {"fp": warm}
+
+
+def test_a_library_that_fails_to_load_is_left_to_the_first_task_to_report(
+        tmp_path, monkeypatch, clean_cache):
+    lib = _library(tmp_path)
+    (lib / "broken.json").write_text("{ not json")
+    config = _config(tmp_path, lib)
+    _hand_over(monkeypatch, config)
+    cluster.dask_setup(None)  # no exception: the worker starts
+    assert cluster._WARM not in clean_cache
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    with pytest.raises(Exception, match="broken.json"):
+        cluster._partition_task(0, 0, 3, config, [CsvSink()], str(parts), "fp")
+    assert not list(parts.iterdir())  # no half-written partition
+
+
+def test_without_a_handed_over_config_the_preload_does_nothing(monkeypatch, clean_cache):
+    monkeypatch.delenv(cluster._WARM_ENV, raising=False)
+    cluster.dask_setup(None)
+    assert clean_cache == {}
