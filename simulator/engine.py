@@ -578,10 +578,10 @@ def run_module(run: ModuleRun) -> Generator[Any, Any, bool]:
                         break
                     base = skip.last_turn(base, t)  # an attribute changed: draw again from here
                 run.exit(name, t)
-                nxt = states.get(target)
-                if nxt is None:
-                    raise _missing(run, name, target)
-                state = nxt
+                try:
+                    state = states[target]
+                except KeyError:
+                    raise _missing(run, name, target) from None
                 continue
             elif state.process is not no_work:
                 r = state.process(run, t)
