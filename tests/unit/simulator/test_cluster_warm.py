@@ -41,15 +41,24 @@ def clean_cache():
     cluster._CACHE.clear()
 
 
-def _hand_over(monkeypatch, config) -> None:
+def _hand_over(monkeypatch, config) -> list:
+    """Set the environment a local cluster gives its workers; return the exit handlers the
+    preload registers (recorded, not registered: this process is not a worker)."""
     monkeypatch.setenv(cluster._WARM_ENV, base64.b64encode(pickle.dumps(config)).decode())
+    handlers: list = []
+    monkeypatch.setattr(cluster.atexit, "register", handlers.append)
+    return handlers
+
+
+_WORKER = object()  # dask_setup only passes the worker along
 
 
 def test_a_worker_loads_the_library_as_it_starts_and_its_first_task_uses_it(
         tmp_path, monkeypatch, clean_cache):
     config = _config(tmp_path, _library(tmp_path))
-    _hand_over(monkeypatch, config)
-    cluster.dask_setup(None)
+    handlers = _hand_over(monkeypatch, config)
+    cluster.dask_setup(_WORKER)
+    assert handlers == [cluster._exit_without_teardown]
     warm = clean_cache[cluster._WARM]
     programs, top = warm
     assert top == ["visit"] and "visit" in programs
@@ -69,7 +78,7 @@ def test_a_library_that_fails_to_load_is_left_to_the_first_task_to_report(
     (lib / "broken.json").write_text("{ not json")
     config = _config(tmp_path, lib)
     _hand_over(monkeypatch, config)
-    cluster.dask_setup(None)  # no exception: the worker starts
+    cluster.dask_setup(_WORKER)  # no exception: the worker starts
     assert cluster._WARM not in clean_cache
     parts = tmp_path / "parts"
     parts.mkdir()
@@ -80,5 +89,7 @@ def test_a_library_that_fails_to_load_is_left_to_the_first_task_to_report(
 
 def test_without_a_handed_over_config_the_preload_does_nothing(monkeypatch, clean_cache):
     monkeypatch.delenv(cluster._WARM_ENV, raising=False)
-    cluster.dask_setup(None)
-    assert clean_cache == {}
+    handlers: list = []
+    monkeypatch.setattr(cluster.atexit, "register", handlers.append)
+    cluster.dask_setup(_WORKER)
+    assert clean_cache == {} and handlers == []
