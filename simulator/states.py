@@ -540,27 +540,16 @@ def _note_observation(person: Person, obs: Observation) -> None:
 
 
 def _observation(name: str, spec: dict[str, Any], where: str) -> Process:
-    # _observation_builder and _note_observation inlined: a patient records a thousand and
-    # more observations, and the calls were a measurable part of each.
-    codes = codes_of(spec.get("codes"))
-    keys = tuple(c.code for c in codes)
-    unit = str(spec.get("unit", ""))
-    category = str(spec.get("category", ""))
-    value = _value_source(name, spec, where)
+    make = _observation_builder(name, spec, where)
     assign = spec.get("assign_to_attribute")
 
     def process(run: Any, t: float) -> None:
-        person = run.person
-        obs = Observation(name, t, codes, run.ctx.encounter or _encounter(run, t),
-                          value(run, t), unit, category)
-        person.record.observations.append(obs)
-        latest = person.latest_observation
-        for c in keys:
-            latest[c] = obs
-        person.notify(WATCH_OBSERVATION)
+        obs = make(run, t, run.ctx.encounter or _encounter(run, t))
+        run.person.record.observations.append(obs)
+        _note_observation(run.person, obs)
         run.ctx.entries[name] = obs
         if assign:
-            person.set_attribute(assign, obs)
+            run.person.set_attribute(assign, obs)
         return None
     return process
 
