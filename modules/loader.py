@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Any
-
-import networkx as nx
+from typing import TYPE_CHECKING, Any
 
 from modules.errors import ModuleError, ModuleValidationError, Problem
 from modules.extensions import learned_problems
@@ -34,6 +33,9 @@ from modules.gmf import (
     transition_key,
 )
 from modules.lookup import LookupTable, load_lookup_table
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 __all__ = [
     "Module",
@@ -63,7 +65,12 @@ class Module:
     name: str
     path: Path
     spec: dict[str, Any]
-    graph: nx.DiGraph = field(compare=False, repr=False)
+
+    @cached_property
+    def graph(self) -> nx.DiGraph:
+        """The module's state graph (:func:`module_graph`), built when first asked for:
+        running a module never needs it."""
+        return module_graph(self.spec, str(self.path))
 
     @property
     def states(self) -> dict[str, dict[str, Any]]:
@@ -127,6 +134,8 @@ def module_graph(spec: dict[str, Any], path: str = "") -> nx.DiGraph:
     """The state graph of a module: nodes are states (``type``, ``spec``), edges are
     transitions (``kind``, ``label``, ``probability``). Targets that do not exist become
     nodes of type ``Missing``."""
+    import networkx as nx  # here, not at the top: loading a checked library never needs it
+
     g = nx.DiGraph(name=spec.get("name", ""), path=path, gmf_version=spec.get("gmf_version", 1))
     states = spec.get("states") or {}
     for name, st in states.items():
@@ -222,6 +231,8 @@ def _check_module(key: str, path: Path, spec: dict[str, Any], library_keys: set[
                         f"lookup table {t!r} not found in {table_dir}")
     if "Initial" in states:
         g = graph if graph is not None else module_graph(spec, f)
+        import networkx as nx
+
         reach = nx.descendants(g, "Initial") | {"Initial"}
         for sname in states:
             if sname not in reach:
@@ -323,7 +334,8 @@ def _scan(root: Path) -> dict[str, Path]:
 
 
 def _build(root: Path, files: dict[str, Path], library_keys: set[str],
-           check_models: bool = True) -> tuple[dict[str, Module], list[tuple[str, Problem]]]:
+           check_models: bool = True, checked: bool = True
+           ) -> tuple[dict[str, Module], list[tuple[str, Problem]]]:
     modules: dict[str, Module] = {}
     found: list[tuple[str, Problem]] = []
     table_dir = root / "lookup_tables"
@@ -332,11 +344,14 @@ def _build(root: Path, files: dict[str, Path], library_keys: set[str],
         found.extend((ERROR, p) for p in problems)
         if spec is None:
             continue
-        graph = module_graph(spec, str(path)) if isinstance(spec.get("states"), dict) else None
-        found.extend(_check_module(key, path, spec, library_keys, table_dir, check_models, graph))
-        if graph is not None:
+        has_states = isinstance(spec.get("states"), dict)
+        if checked:
+            graph = module_graph(spec, str(path)) if has_states else None
+            found.extend(_check_module(key, path, spec, library_keys, table_dir, check_models,
+                                       graph))
+        if has_states:
             modules[key] = Module(key=key, name=str(spec.get("name") or key), path=path,
-                                  spec=spec, graph=graph)
+                                  spec=spec)
     return modules, found
 
 
@@ -363,16 +378,17 @@ def _load_tables(root: Path, modules: dict[str, Module]) -> tuple[dict[str, Look
     return tables, problems
 
 
-def validate_library(root: Path | str, *, check_models: bool = True
+def validate_library(root: Path | str, *, check_models: bool = True, checked: bool = True
                      ) -> tuple[ModuleLibrary, list[Problem], list[Problem]]:
     """Load everything under ``root``; return (library, errors, warnings). With
     ``check_models`` (the default), the model cards that learned keys point to are checked
-    too; without, only the keys' shape."""
+    too; without, only the keys' shape. ``checked=False`` skips the module checks (only
+    unreadable files and lookup tables that do not parse are errors then)."""
     root = Path(root)
     if not root.is_dir():
         raise ModuleError(f"{root}: module library folder not found")
     files = _scan(root)
-    modules, found = _build(root, files, set(files), check_models)
+    modules, found = _build(root, files, set(files), check_models, checked)
     tables, table_problems = _load_tables(root, modules)
     errors = [p for sev, p in found if sev == ERROR] + table_problems
     warnings = [p for sev, p in found if sev == WARNING]
@@ -381,16 +397,19 @@ def validate_library(root: Path | str, *, check_models: bool = True
 
 
 def load_library(root: Path | str | None = None, *, lenient: bool = False,
-                 check_models: bool = True) -> ModuleLibrary:
+                 check_models: bool = True, checked: bool = True) -> ModuleLibrary:
     """Load and validate a module library (the embedded default when ``root`` is None).
 
     Raises ModuleValidationError listing every problem. With ``lenient``, transitions to
     missing states are allowed (Synthea loads such modules; the engine raises only if one
     is taken), as some of Synthea's own test fixtures need. ``check_models=False`` skips
     the model cards of learned keys (for a run that uses their fallbacks).
+    ``checked=False`` skips the module checks (a third of the load): only for files known
+    to be those of a library that passed them (a Dask worker whose files have the digest
+    of those its run's driver checked).
     """
     lib, errors, _ = validate_library(root if root is not None else default_library_path(),
-                                      check_models=check_models)
+                                      check_models=check_models, checked=checked)
     if lenient:
         errors = [e for e in errors if "transition to missing state" not in e.message]
     if errors:

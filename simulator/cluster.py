@@ -108,28 +108,33 @@ def _library_digest(config: RunConfig) -> str:
 
     root = Path(config.modules_dir) if config.modules_dir is not None else default_library_path()
     h = hashlib.sha256()
+    learned: list[tuple[Path, bytes]] = []
     for p in sorted(root.rglob("*")):
         if p.is_file() and p.suffix in (".json", ".csv", ".pt"):
+            data = p.read_bytes()
             h.update(str(p.relative_to(root)).encode())
-            h.update(p.read_bytes())
+            h.update(data)
+            if p.suffix == ".json" and b'"learned_' in data:
+                learned.append((p, data))
     # Model cards (and the weights they name) that a learned key finds outside the library
     # folder, e.g. "../models/course.json": retraining one changes the population too.
     inside = root.resolve()
-    for p in sorted(_model_files(root)):
+    for p in sorted(_model_files(learned)):
         if inside not in p.resolve().parents and p.is_file():
             h.update(str(p).encode())
             h.update(p.read_bytes())
     return h.hexdigest()
 
 
-def _model_files(root: Path) -> set[Path]:
-    """The model cards named by the learned keys of the modules under ``root`` (paths
-    relative to each module file, as the engine resolves them), with their weights files."""
+def _model_files(modules: list[tuple[Path, bytes]]) -> set[Path]:
+    """The model cards named by the learned keys of ``modules`` (each file's path and
+    bytes; paths relative to each module file, as the engine resolves them), with their
+    weights files."""
     out: set[Path] = set()
-    for module in root.rglob("*.json"):
+    for module, data in modules:
         try:
-            spec = orjson.loads(module.read_bytes())
-        except (OSError, orjson.JSONDecodeError):
+            spec = orjson.loads(data)
+        except orjson.JSONDecodeError:
             continue
         states = spec.get("states") if isinstance(spec, dict) else None
         if not isinstance(states, dict):
@@ -152,9 +157,11 @@ def _model_files(root: Path) -> set[Path]:
     return out
 
 
-def fingerprint(config: RunConfig, sinks: list[Any], size: int) -> str:
+def fingerprint(config: RunConfig, sinks: list[Any], size: int, library: str | None = None
+                ) -> str:
     """What decides the output: the run options, the sinks and their options, the
-    partition size and the module library's content."""
+    partition size and the module library's content (``library``: its digest, when the
+    caller has it already)."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -168,7 +175,7 @@ def fingerprint(config: RunConfig, sinks: list[Any], size: int) -> str:
         "years_of_history": config.years_of_history, "modules": list(config.modules),
         "lenient": config.lenient, "partition_size": size,
         "learned_fallback": config.learned_fallback, "extensions": list(config.extensions),
-        "library": _library_digest(config),
+        "library": library if library is not None else _library_digest(config),
         "sinks": [[s.name, sorted((k, repr(v)) for k, v in vars(s).items())] for s in sinks],
     }
     return hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()
@@ -185,19 +192,22 @@ def _summary(d: dict[str, Any]) -> RunSummary:
 
 
 def _partition_task(k: int, start: int, stop: int, config: RunConfig, sinks: list[Any],
-                    parts: str, fp: str) -> dict[str, Any]:
+                    parts: str, fp: str, library: str) -> dict[str, Any]:
     """One partition, on a Dask worker: simulate into a temporary folder, checksum, and
-    rename into place. Idempotent: a partition that is already there is kept as it is."""
+    rename into place. Idempotent: a partition that is already there is kept as it is.
+    ``library`` is the digest of the module library the driver checked."""
     folder = Path(parts)
     final = folder / f"part-{k:06d}"
     if (final / RECORD).is_file():
         return orjson.loads((final / RECORD).read_bytes())
     if fp not in _CACHE:
         # A worker of a local cluster has loaded the library as it started (dask_setup),
-        # for this run: the cluster was started for it and no other.
+        # for this run (the cluster was started for it and no other), without the checks:
+        # it serves if its files are those the driver checked, else they changed since
+        # and are loaded again, checked.
         warm = _CACHE.pop(_WARM, None)
         _CACHE.clear()
-        _CACHE[fp] = warm if warm is not None else _prepare(config)
+        _CACHE[fp] = warm[1] if warm is not None and warm[0] == library else _prepare(config)
     programs, top = _CACHE[fp]
     tmp = folder / f".part-{k:06d}.{uuid.uuid4().hex}.tmp"
     try:
@@ -244,15 +254,18 @@ def _finished(parts: Path, k: int) -> dict[str, Any] | None:
 def dask_setup(worker: Any) -> None:
     """Dask's preload hook, run in each worker of a local cluster as it starts: load and
     compile the run's module library now, while the other workers and the scheduler are
-    still starting, instead of in the worker's first task. A failure is left for that task
-    to meet again and report."""
+    still starting, instead of in the worker's first task. The driver checks the library
+    meanwhile, so this load skips the checks and keeps the digest of the files it read;
+    the first task uses it only if the driver checked files of that digest. A failure is
+    left for that task to meet again and report."""
     blob = os.environ.get(_WARM_ENV)
     if not blob or worker is None:
         return
     atexit.register(_exit_without_teardown)
     try:
         config = pickle.loads(base64.b64decode(blob))
-        _CACHE[_WARM] = _prepare(config)
+        digest = _library_digest(config)
+        _CACHE[_WARM] = (digest, _prepare(config, checked=False))
     except Exception:  # noqa: BLE001 - the first task prepares again and reports it
         _CACHE.pop(_WARM, None)
 
@@ -272,13 +285,19 @@ def _exit_without_teardown() -> None:
     os._exit(0)
 
 
-def _client(workers: int | None, scheduler: str | None, config: RunConfig | None = None
-            ) -> Any:
+def _distributed() -> Any:
     try:
-        from distributed import Client, LocalCluster
+        import distributed
     except ImportError:  # pragma: no cover - a declared dependency
         raise ConfigError("--workers/--scheduler need Dask: pip install 'dask[distributed]'"
                           ) from None
+    return distributed
+
+
+def _client(workers: int | None, scheduler: str | None, config: RunConfig | None = None
+            ) -> Any:
+    distributed = _distributed()
+    Client, LocalCluster = distributed.Client, distributed.LocalCluster  # noqa: N806
     if scheduler:
         try:
             return Client(scheduler, timeout="15s")
@@ -335,17 +354,26 @@ def run_on_dask(config: RunConfig, sinks: list[Any], *, workers: int | None = No
                               f"folder")
     t0 = time.perf_counter()
     # A local cluster takes seconds to start (processes, imports): start it now, in the
-    # background, while this process checks the library and the folder.
+    # background, while this process checks the library and the folder. Dask is imported
+    # first, here: imported by the starting thread, it would share the interpreter lock
+    # with the check and start the workers later.
     starting = None
     if workers is not None:
+        _distributed()
         starting = ThreadPoolExecutor(max_workers=1, thread_name_prefix="carecourse-cluster")
         pending = starting.submit(_client, workers, None, config)
     client = None
     try:
+        # Workers of a local cluster load the library unchecked and use it only if its
+        # digest is that of the files checked here, so they must not change meanwhile.
+        library = _library_digest(config)
         _prepare(config)  # fail fast, here, on a broken library
+        if _library_digest(config) != library:
+            raise ConfigError(f"{config.modules_dir or 'the module library'}: files changed "
+                              f"while the run checked them; run again once they are saved")
         parts = config.out / PARTS
         parts.mkdir(exist_ok=True)
-        fp = fingerprint(config, sinks, partition_size)
+        fp = fingerprint(config, sinks, partition_size, library)
         manifest_path = parts / MANIFEST
         if manifest_path.exists():
             try:
@@ -406,7 +434,7 @@ def run_on_dask(config: RunConfig, sinks: list[Any], *, workers: int | None = No
 
         try:
             futures = {client.submit(_partition_task, k, a, b, config, sinks, str(parts), fp,
-                                     key=f"carecourse-part-{k:06d}-{fp[:12]}", pure=False,
+                                     library, key=f"carecourse-part-{k:06d}-{fp[:12]}", pure=False,
                                      retries=retries): k for k, a, b in todo}
             for fut in as_completed(futures):
                 k = futures[fut]

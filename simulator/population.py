@@ -219,9 +219,9 @@ class RunSummary:
 _WORKER: dict[str, Any] = {}
 
 
-def _library(config: RunConfig) -> ModuleLibrary:
+def _library(config: RunConfig, checked: bool = True) -> ModuleLibrary:
     return load_library(config.modules_dir, lenient=config.lenient,
-                        check_models=not config.learned_fallback)
+                        check_models=not config.learned_fallback, checked=checked)
 
 
 def load_extensions(names: tuple[str, ...]) -> None:
@@ -237,12 +237,14 @@ def load_extensions(names: tuple[str, ...]) -> None:
                               "package that provides it") from None
 
 
-def _prepare(config: RunConfig) -> tuple[dict[str, Program], list[str]]:
+def _prepare(config: RunConfig, *, checked: bool = True) -> tuple[dict[str, Program], list[str]]:
+    """The run's compiled programs and top-level module keys. ``checked=False``: see
+    :func:`modules.loader.load_library`."""
     # Loading a library allocates millions of objects that all stay (JSON trees, graphs,
     # tables, compiled states), so the collector's automatic passes find nothing and were
     # about 40% of the load time (Synthea's library: 0.6 s without them, 1.0-1.3 s with).
     with _gc_paused():
-        lib = _library(config)
+        lib = _library(config, checked)
         if not config.learned_fallback and any(uses_learned_keys(m.spec)
                                                for m in lib.modules.values()):
             load_extensions(config.extensions)

@@ -47,6 +47,26 @@ def test_every_synthea_module_loads_and_validates():
         assert "Initial" in m.graph
 
 
+def test_an_unchecked_load_gives_the_same_library_and_skips_only_the_checks(tmp_path):
+    need_shared()
+    checked = load_library(SYNTHEA_MODULES)
+    unchecked = load_library(SYNTHEA_MODULES, checked=False)
+    assert unchecked.modules.keys() == checked.modules.keys()
+    assert all(unchecked.modules[k].spec == m.spec for k, m in checked.modules.items())
+    assert unchecked.lookup_tables == checked.lookup_tables
+    # The graph is built when asked for, the same either way.
+    key = "vhd_aortic"
+    assert nx.utils.graphs_equal(unchecked.modules[key].graph, checked.modules[key].graph)
+    # A module that fails the checks loads unchecked; files that do not parse never do.
+    write_module(tmp_path, "odd", {"Initial": {"type": "Initial", "direct_transition": "Gone"}})
+    with pytest.raises(ModuleValidationError, match="missing state 'Gone'"):
+        load_library(tmp_path)
+    assert "odd" in load_library(tmp_path, checked=False).modules
+    (tmp_path / "broken.json").write_text("{ not json")
+    with pytest.raises(ModuleValidationError, match="broken.json"):
+        load_library(tmp_path, checked=False)
+
+
 def test_graph_has_states_as_nodes_and_transitions_as_edges():
     need_shared()
     m = load_module_file(GENERIC / "distributed_transition.json")

@@ -11,6 +11,7 @@ import pickle
 import pytest
 
 from exporters.csv import CsvSink
+from modules.errors import ConfigError, ModuleValidationError
 from simulator import cluster
 from simulator.population import RunConfig
 
@@ -59,17 +60,35 @@ def test_a_worker_loads_the_library_as_it_starts_and_its_first_task_uses_it(
     handlers = _hand_over(monkeypatch, config)
     cluster.dask_setup(_WORKER)
     assert handlers == [cluster._exit_without_teardown]
-    warm = clean_cache[cluster._WARM]
+    digest, warm = clean_cache[cluster._WARM]
     programs, top = warm
     assert top == ["visit"] and "visit" in programs
+    assert digest == cluster._library_digest(config)
 
     parts = tmp_path / "parts"
     parts.mkdir()
-    record = cluster._partition_task(0, 0, 3, config, [CsvSink()], str(parts), "fp")
+    record = cluster._partition_task(0, 0, 3, config, [CsvSink()], str(parts), "fp", digest)
     assert record["patients"] == 3
     assert (parts / "part-000000" / "csv" / "encounters.csv").is_file()
     # The task kept the warm library under the run's fingerprint: no second load.
     assert clean_cache == {"fp": warm}
+
+
+def test_a_library_edited_after_the_worker_loaded_it_is_loaded_again_with_the_checks(
+        tmp_path, monkeypatch, clean_cache):
+    # The warm load skips the module checks: it serves only files the driver checked.
+    lib = _library(tmp_path)
+    config = _config(tmp_path, lib)
+    _hand_over(monkeypatch, config)
+    cluster.dask_setup(_WORKER)
+    (lib / "odd.json").write_text(json.dumps({"name": "odd", "states": {
+        "Initial": {"type": "Initial", "direct_transition": "Nowhere"}}}))
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    with pytest.raises(ModuleValidationError, match=r"odd\.json.*missing state 'Nowhere'"):
+        cluster._partition_task(0, 0, 3, config, [CsvSink()], str(parts), "fp",
+                                cluster._library_digest(config))
+    assert not list(parts.iterdir())
 
 
 def test_a_library_that_fails_to_load_is_left_to_the_first_task_to_report(
@@ -83,7 +102,8 @@ def test_a_library_that_fails_to_load_is_left_to_the_first_task_to_report(
     parts = tmp_path / "parts"
     parts.mkdir()
     with pytest.raises(Exception, match="broken.json"):
-        cluster._partition_task(0, 0, 3, config, [CsvSink()], str(parts), "fp")
+        cluster._partition_task(0, 0, 3, config, [CsvSink()], str(parts), "fp",
+                                cluster._library_digest(config))
     assert not list(parts.iterdir())  # no half-written partition
 
 
@@ -93,3 +113,15 @@ def test_without_a_handed_over_config_the_preload_does_nothing(monkeypatch, clea
     monkeypatch.setattr(cluster.atexit, "register", handlers.append)
     cluster.dask_setup(_WORKER)
     assert clean_cache == {} and handlers == []
+
+
+def test_a_library_that_changes_while_the_driver_checks_it_stops_the_run(
+        tmp_path, monkeypatch, clean_cache):
+    # Workers trust the digest the driver checked: files saved during the check would
+    # leave it unknown which files were checked, so the run stops before it starts.
+    config = _config(tmp_path, _library(tmp_path))
+    digests = iter(["before", "after"])
+    monkeypatch.setattr(cluster, "_library_digest", lambda _config: next(digests))
+    with pytest.raises(ConfigError, match="changed while the run checked them"):
+        cluster.run_on_dask(config, [CsvSink()], scheduler="tcp://127.0.0.1:9", progress=False)
+    assert not (config.out / cluster.PARTS).exists()
