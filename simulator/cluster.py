@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import gc
 import hashlib
 import logging
 import os
@@ -205,9 +206,14 @@ def _partition_task(k: int, start: int, stop: int, config: RunConfig, sinks: lis
         # for this run (the cluster was started for it and no other), without the checks:
         # it serves if its files are those the driver checked, else they changed since
         # and are loaded again, checked.
+        # The library kept is left out of the collector's passes (population._frozen);
+        # one that is dropped is let back in first.
         warm = _CACHE.pop(_WARM, None)
+        gc.unfreeze()
         _CACHE.clear()
         _CACHE[fp] = warm[1] if warm is not None and warm[0] == library else _prepare(config)
+        del warm
+        gc.freeze()
     programs, top = _CACHE[fp]
     tmp = folder / f".part-{k:06d}.{uuid.uuid4().hex}.tmp"
     try:
@@ -266,6 +272,7 @@ def dask_setup(worker: Any) -> None:
         config = pickle.loads(base64.b64decode(blob))
         digest = _library_digest(config)
         _CACHE[_WARM] = (digest, _prepare(config, checked=False))
+        gc.freeze()  # see _partition_task
     except Exception:  # noqa: BLE001 - the first task prepares again and reports it
         _CACHE.pop(_WARM, None)
 

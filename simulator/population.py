@@ -256,6 +256,20 @@ def _prepare(config: RunConfig, *, checked: bool = True) -> tuple[dict[str, Prog
 def _worker_init(config: RunConfig) -> None:
     _WORKER["config"] = config
     _WORKER["prepared"] = _prepare(config)
+    gc.freeze()  # see _frozen: this process keeps the library to its end
+
+
+@contextlib.contextmanager
+def _frozen() -> Iterator[None]:
+    """Leave everything alive now out of the collector's passes until the end (gc.freeze;
+    both steps are cheap whatever the size). Called with the run's library just loaded:
+    millions of objects that all stay, which every pass of the older generations walked
+    again (measured: 0.2-0.3 s of a 400-patient run of Synthea's library)."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _run_partition(args: tuple[int, int, Path, list[Any]]) -> tuple[int, RunSummary]:
@@ -358,8 +372,10 @@ def run_population(config: RunConfig, sinks: list[Any], *, progress: bool = True
         folders = [work / f"part-{k:06d}" for k in range(len(parts))]
         if config.processes == 1:
             programs, top = _prepare(config)
-            for (a, b), folder in zip(parts, folders, strict=True):
-                total.merge(_simulate_range(a, b, folder, sinks, config, programs, top, bar.update))
+            with _frozen():
+                for (a, b), folder in zip(parts, folders, strict=True):
+                    total.merge(_simulate_range(a, b, folder, sinks, config, programs, top,
+                                                bar.update))
         else:
             _prepare(config)  # fail fast, in this process, on a broken library
             ctx = get_context("spawn")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import gc
 import json
 import pickle
 
@@ -40,6 +41,7 @@ def clean_cache():
     cluster._CACHE.clear()
     yield cluster._CACHE
     cluster._CACHE.clear()
+    gc.unfreeze()  # a worker leaves the library it keeps out of the collector's passes
 
 
 def _hand_over(monkeypatch, config) -> list:
@@ -70,8 +72,10 @@ def test_a_worker_loads_the_library_as_it_starts_and_its_first_task_uses_it(
     record = cluster._partition_task(0, 0, 3, config, [CsvSink()], str(parts), "fp", digest)
     assert record["patients"] == 3
     assert (parts / "part-000000" / "csv" / "encounters.csv").is_file()
-    # The task kept the warm library under the run's fingerprint: no second load.
+    # The task kept the warm library under the run's fingerprint: no second load, and
+    # out of the collector's passes.
     assert clean_cache == {"fp": warm}
+    assert gc.get_freeze_count() > 0
 
 
 def test_a_library_edited_after_the_worker_loaded_it_is_loaded_again_with_the_checks(
