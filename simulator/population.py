@@ -299,9 +299,9 @@ def _collect_per_patient() -> Iterator[Callable[[], None]]:
     pile up. A patient allocates some hundred thousand objects (entries, then the exporters'
     resources), so Python's default thresholds start a young collection every 700 of them
     and walk the live patient again and again: about a quarter of the run time, measured.
-    Once a life is over its processes are closed (:meth:`PatientEnvironment.close`), so
-    nearly all of it is freed by reference counting and the one collection per patient
-    finds little left. The collector's previous state is restored afterwards."""
+    Once a life is over its processes are closed (:meth:`PatientEnvironment.close`) and,
+    once written, its record released (:meth:`Person.release`), so nearly all of it is
+    freed by reference counting and the one collection per patient finds little left. The collector's previous state is restored afterwards."""
     with _gc_paused():
         yield lambda: gc.collect(0)
 
@@ -324,6 +324,7 @@ def _simulate_range(start: int, stop: int, folder: Path, sinks: list[Any], confi
                     w.write(person)
                 if tick is not None:
                     tick(1)
+                person.release()
                 del person
                 patient_done()
     finally:

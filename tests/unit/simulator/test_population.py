@@ -64,3 +64,30 @@ def test_patient_seeds_are_stable_and_distinct(run_seed, index):
     assert s == patient_seed(run_seed, index)
     assert s != patient_seed(run_seed, index + 1)
     assert 0 <= s < 2**128
+
+
+def test_a_released_patient_record_is_freed_without_the_garbage_collector(synthea):
+    # _simulate_range releases each patient once written: its record must go at once, by
+    # reference counting, not wait for a collection (that took twice as long).
+    import gc
+    import weakref
+
+    class Marker:
+        pass
+
+    config, programs, top = synthea
+    p = simulate_patient(3, config, programs, top)
+    marker = Marker()
+    p.record.encounters.append(marker)
+    alive = weakref.ref(marker)
+    del marker
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        p.release()
+        assert alive() is None
+        with pytest.raises(AttributeError):
+            p.record  # noqa: B018 - released: reading it is an error, not an empty record
+    finally:
+        if was:
+            gc.enable()
