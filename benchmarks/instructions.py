@@ -6,13 +6,17 @@ It runs valgrind's cachegrind (instruction counting only, no cache simulation) o
 process that simulates 1 + N patients with Synthea's whole module library and FHIR export
 (the same settings as benchmarks/scale.py), and on one that simulates the first patient
 only, and divides the difference by N: imports, the library load and the exporter's fixed
-files are left out. The children run with PYTHONHASHSEED=0, so a count repeats; other hash
-seeds lay dictionaries out differently and move it by a few percent (the output does not
-change). It writes benchmarks/results/instructions.json (``instructions_per_patient``, in
-millions, and ``instructions_fixed``, the 1-patient run). Needs valgrind (``apt-get install
-valgrind``); a run takes about a minute.
+files are left out. The children run with PYTHONHASHSEED=0 (other hash seeds lay
+dictionaries out differently), yet the same code still counts a few percent apart from one
+run to the next (temporary names, timestamps, when the garbage collector's passes fall:
+166 and 172 million per patient for the same commit), so the pair is counted ``--repeat``
+times and the median is reported with the lowest and highest. It writes
+benchmarks/results/instructions.json (``instructions_per_patient``, in millions, the
+median; ``instructions_per_patient_low`` and ``_high``; ``instructions_fixed``, the
+1-patient run's median). Needs valgrind (``apt-get install valgrind``); each repeat takes
+about a minute.
 
-    python benchmarks/instructions.py [--patients 5] [--modules-dir DIR]
+    python benchmarks/instructions.py [--patients 5] [--repeat 3] [--modules-dir DIR]
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -66,6 +71,7 @@ def count(patients: int, modules: Path) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--patients", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--modules-dir", type=Path, default=DEFAULT_MODULES)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "instructions.json")
     args = ap.parse_args()
@@ -74,17 +80,29 @@ def main() -> None:
                  "instructions")
     if not args.modules_dir.is_dir():
         sys.exit(f"{args.modules_dir}: module library not found (pass --modules-dir)")
-    if args.patients < 1:
-        sys.exit(f"--patients must be at least 1, got {args.patients}")
-    print(f"counting instructions for 1 and {1 + args.patients} patients under valgrind ...")
-    base = count(1, args.modules_dir)
-    full = count(1 + args.patients, args.modules_dir)
-    per = (full - base) / args.patients
-    figures = {"patients": args.patients, "modules_dir": str(args.modules_dir),
-               "export": "fhir", "instructions_per_patient": round(per / 1e6, 1),
+    if args.patients < 1 or args.repeat < 1:
+        sys.exit(f"--patients and --repeat must be at least 1, got {args.patients} and "
+                 f"{args.repeat}")
+    pers, bases = [], []
+    for r in range(args.repeat):
+        print(f"counting instructions for 1 and {1 + args.patients} patients under valgrind "
+              f"({r + 1} of {args.repeat}) ...", flush=True)
+        base = count(1, args.modules_dir)
+        full = count(1 + args.patients, args.modules_dir)
+        bases.append(base)
+        pers.append((full - base) / args.patients)
+        print(f"  {pers[-1] / 1e6:.1f} million per patient", flush=True)
+    per = statistics.median(pers)
+    base = statistics.median(bases)
+    figures = {"patients": args.patients, "repeats": args.repeat,
+               "modules_dir": str(args.modules_dir), "export": "fhir",
+               "instructions_per_patient": round(per / 1e6, 1),
+               "instructions_per_patient_low": round(min(pers) / 1e6, 1),
+               "instructions_per_patient_high": round(max(pers) / 1e6, 1),
                "instructions_fixed": round(base / 1e6, 1)}
-    print(f"{per / 1e6:.1f} million instructions per patient "
-          f"(the 1-patient run, with imports and the library load: {base / 1e6:.0f} million)")
+    print(f"{per / 1e6:.1f} million instructions per patient (median; {min(pers) / 1e6:.1f} "
+          f"to {max(pers) / 1e6:.1f}); the 1-patient run, with imports and the library "
+          f"load: {base / 1e6:.0f} million")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(figures, indent=2) + "\n")
     print(f"wrote {args.out}")
