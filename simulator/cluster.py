@@ -44,14 +44,15 @@ from typing import Any
 import orjson
 
 from modules.errors import ConfigError, OutputError, SimulationError
-from modules.extensions import LEARNED_KEYS, sha256_file
-from simulator.extensions import LearnedSite
+from modules.extensions import sha256_file
 from simulator.population import (
     RunConfig,
     RunSummary,
     _check_out,
     _prepare,
     _simulate_range,
+    check_library,
+    library_digest,
 )
 
 __all__ = ["run_on_dask", "plan_partitions", "default_partition_size"]
@@ -100,64 +101,6 @@ def _files(folder: Path) -> dict[str, dict[str, Any]]:
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != RECORD}
 
 
-def _library_digest(config: RunConfig) -> str:
-    """A digest of the module files the run reads (with learned models' weights and cards
-    kept beside them), so a resume with edited modules is refused instead of mixing two
-    libraries in one population. (It reads the bytes only: the library was loaded and
-    checked once already.)"""
-    from modules.loader import default_library_path
-
-    root = Path(config.modules_dir) if config.modules_dir is not None else default_library_path()
-    h = hashlib.sha256()
-    learned: list[tuple[Path, bytes]] = []
-    for p in sorted(root.rglob("*")):
-        if p.is_file() and p.suffix in (".json", ".csv", ".pt"):
-            data = p.read_bytes()
-            h.update(str(p.relative_to(root)).encode())
-            h.update(data)
-            if p.suffix == ".json" and b'"learned_' in data:
-                learned.append((p, data))
-    # Model cards (and the weights they name) that a learned key finds outside the library
-    # folder, e.g. "../models/course.json": retraining one changes the population too.
-    inside = root.resolve()
-    for p in sorted(_model_files(learned)):
-        if inside not in p.resolve().parents and p.is_file():
-            h.update(str(p).encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()
-
-
-def _model_files(modules: list[tuple[Path, bytes]]) -> set[Path]:
-    """The model cards named by the learned keys of ``modules`` (each file's path and
-    bytes; paths relative to each module file, as the engine resolves them), with their
-    weights files."""
-    out: set[Path] = set()
-    for module, data in modules:
-        try:
-            spec = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            continue
-        states = spec.get("states") if isinstance(spec, dict) else None
-        if not isinstance(states, dict):
-            continue
-        for name, state in states.items():
-            if not isinstance(state, dict):
-                continue
-            for key in LEARNED_KEYS:
-                site = state.get(key)
-                if not isinstance(site, dict) or not isinstance(site.get("model"), str):
-                    continue
-                card = LearnedSite(module, name, key, site).resolve(site["model"])
-                out.add(card)
-                try:
-                    weights = orjson.loads(card.read_bytes()).get("weights")
-                except (OSError, orjson.JSONDecodeError, AttributeError):
-                    continue
-                if isinstance(weights, str):
-                    out.add(card.parent / weights)
-    return out
-
-
 def fingerprint(config: RunConfig, sinks: list[Any], size: int, library: str | None = None
                 ) -> str:
     """What decides the output: the run options, the sinks and their options, the
@@ -176,7 +119,7 @@ def fingerprint(config: RunConfig, sinks: list[Any], size: int, library: str | N
         "years_of_history": config.years_of_history, "modules": list(config.modules),
         "lenient": config.lenient, "partition_size": size,
         "learned_fallback": config.learned_fallback, "extensions": list(config.extensions),
-        "library": library if library is not None else _library_digest(config),
+        "library": library if library is not None else library_digest(config),
         "sinks": [[s.name, sorted((k, repr(v)) for k, v in vars(s).items())] for s in sinks],
     }
     return hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()
@@ -270,7 +213,7 @@ def dask_setup(worker: Any) -> None:
     atexit.register(_exit_without_teardown)
     try:
         config = pickle.loads(base64.b64decode(blob))
-        digest = _library_digest(config)
+        digest = library_digest(config)
         _CACHE[_WARM] = (digest, _prepare(config, checked=False))
         gc.freeze()  # see _partition_task
     except Exception:  # noqa: BLE001 - the first task prepares again and reports it
@@ -373,11 +316,7 @@ def run_on_dask(config: RunConfig, sinks: list[Any], *, workers: int | None = No
     try:
         # Workers of a local cluster load the library unchecked and use it only if its
         # digest is that of the files checked here, so they must not change meanwhile.
-        library = _library_digest(config)
-        _prepare(config)  # fail fast, here, on a broken library
-        if _library_digest(config) != library:
-            raise ConfigError(f"{config.modules_dir or 'the module library'}: files changed "
-                              f"while the run checked them; run again once they are saved")
+        library = check_library(config)  # fail fast, here, on a broken library
         parts = config.out / PARTS
         parts.mkdir(exist_ok=True)
         fp = fingerprint(config, sinks, partition_size, library)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import gc
+import hashlib
 import shutil
 import tempfile
 from collections import Counter
@@ -19,13 +20,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import orjson
 import simpy
 
 from modules.errors import ConfigError, OutputError
-from modules.extensions import uses_learned_keys
-from modules.loader import ModuleLibrary, load_library
+from modules.extensions import LEARNED_KEYS, uses_learned_keys
+from modules.loader import ModuleLibrary, default_library_path, load_library
 from simulator.demographics import sample_demographics
 from simulator.engine import ModuleRun, Program, compile_library, run_module
+from simulator.extensions import LearnedSite
 from simulator.lifecycle import Lifecycle, social_attributes
 from simulator.person import Person, day_of
 
@@ -224,6 +227,81 @@ def _library(config: RunConfig, checked: bool = True) -> ModuleLibrary:
                         check_models=not config.learned_fallback, checked=checked)
 
 
+def library_digest(config: RunConfig) -> str:
+    """A digest of the module files the run reads (with learned models' weights and cards
+    kept beside them), so a resume with edited modules is refused instead of mixing two
+    libraries in one population. (It reads the bytes only: the library was loaded and
+    checked once already.)"""
+    root = Path(config.modules_dir) if config.modules_dir is not None else default_library_path()
+    h = hashlib.sha256()
+    learned: list[tuple[Path, bytes]] = []
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.suffix in (".json", ".csv", ".pt"):
+            data = p.read_bytes()
+            h.update(str(p.relative_to(root)).encode())
+            h.update(data)
+            if p.suffix == ".json" and b'"learned_' in data:
+                learned.append((p, data))
+    # Model cards (and the weights they name) that a learned key finds outside the library
+    # folder, e.g. "../models/course.json": retraining one changes the population too.
+    inside = root.resolve()
+    for p in sorted(_model_files(learned)):
+        if inside not in p.resolve().parents and p.is_file():
+            h.update(str(p).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def _model_files(modules: list[tuple[Path, bytes]]) -> set[Path]:
+    """The model cards named by the learned keys of ``modules`` (each file's path and
+    bytes; paths relative to each module file, as the engine resolves them), with their
+    weights files."""
+    out: set[Path] = set()
+    for module, data in modules:
+        try:
+            spec = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            continue
+        states = spec.get("states") if isinstance(spec, dict) else None
+        if not isinstance(states, dict):
+            continue
+        for name, state in states.items():
+            if not isinstance(state, dict):
+                continue
+            for key in LEARNED_KEYS:
+                site = state.get(key)
+                if not isinstance(site, dict) or not isinstance(site.get("model"), str):
+                    continue
+                card = LearnedSite(module, name, key, site).resolve(site["model"])
+                out.add(card)
+                try:
+                    weights = orjson.loads(card.read_bytes()).get("weights")
+                except (OSError, orjson.JSONDecodeError, AttributeError):
+                    continue
+                if isinstance(weights, str):
+                    out.add(card.parent / weights)
+    return out
+
+
+def check_library(config: RunConfig) -> str:
+    """Load and check the run's library in this process (it raises on a broken one) and
+    return the digest of the files checked. Worker processes that find files of that
+    digest load them without the checks; files that change during the check stop the run."""
+    digest = library_digest(config)
+    _prepare(config)
+    if library_digest(config) != digest:
+        raise ConfigError(f"{config.modules_dir or 'the module library'}: files changed "
+                          f"while the run checked them; run again once they are saved")
+    return digest
+
+
+def _prepare_checked_elsewhere(config: RunConfig, digest: str
+                               ) -> tuple[dict[str, Program], list[str]]:
+    """:func:`_prepare` in a worker process whose parent ran :func:`check_library`: the
+    checks are skipped if the files here have the digest of those checked there."""
+    return _prepare(config, checked=library_digest(config) != digest)
+
+
 def load_extensions(names: tuple[str, ...]) -> None:
     """Import the extension modules a run names (they register learned kinds); a name that
     cannot be imported raises ConfigError."""
@@ -253,9 +331,9 @@ def _prepare(config: RunConfig, *, checked: bool = True) -> tuple[dict[str, Prog
     return programs, top
 
 
-def _worker_init(config: RunConfig) -> None:
+def _worker_init(config: RunConfig, digest: str) -> None:
     _WORKER["config"] = config
-    _WORKER["prepared"] = _prepare(config)
+    _WORKER["prepared"] = _prepare_checked_elsewhere(config, digest)
     gc.freeze()  # see _frozen: this process keeps the library to its end
 
 
@@ -378,10 +456,10 @@ def run_population(config: RunConfig, sinks: list[Any], *, progress: bool = True
                     total.merge(_simulate_range(a, b, folder, sinks, config, programs, top,
                                                 bar.update))
         else:
-            _prepare(config)  # fail fast, in this process, on a broken library
+            digest = check_library(config)  # fail fast, in this process, on a broken library
             ctx = get_context("spawn")
             with ProcessPoolExecutor(config.processes, mp_context=ctx, initializer=_worker_init,
-                                     initargs=(config,)) as pool:
+                                     initargs=(config, digest)) as pool:
                 jobs = [(a, b, f, sinks) for (a, b), f in zip(parts, folders, strict=True)]
                 for n, summary in pool.map(_run_partition, jobs):
                     total.merge(summary)

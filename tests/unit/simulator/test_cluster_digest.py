@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import json
 
-from simulator.cluster import _library_digest
-from simulator.population import RunConfig
+from simulator.population import RunConfig, library_digest
 
 
 def _library(tmp_path, model: str):
@@ -30,21 +29,21 @@ def test_a_model_card_outside_the_library_is_part_of_the_digest(tmp_path):
     weights = models / "course.pt"
     weights.write_bytes(b"first training")
     config = RunConfig(population=1, modules_dir=lib, out=tmp_path / "out")
-    first = _library_digest(config)
-    assert _library_digest(config) == first
+    first = library_digest(config)
+    assert library_digest(config) == first
     weights.write_bytes(b"retrained")
-    retrained = _library_digest(config)
+    retrained = library_digest(config)
     assert retrained != first
     card.write_text(json.dumps({"format": "carecourse-model/1", "weights": "course.pt",
                                 "epsilon": 2.0}))
-    assert _library_digest(config) not in (first, retrained)
+    assert library_digest(config) not in (first, retrained)
 
 
 def test_a_missing_or_broken_card_does_not_stop_the_digest(tmp_path):
     # The library check reports those; the digest only reads what is there.
     lib = _library(tmp_path, "../models/absent.json")
     config = RunConfig(population=1, modules_dir=lib, out=tmp_path / "out")
-    before = _library_digest(config)
+    before = library_digest(config)
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "absent.json").write_text("{not json")
-    assert _library_digest(config) != before
+    assert library_digest(config) != before

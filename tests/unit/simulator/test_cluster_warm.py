@@ -13,7 +13,7 @@ import pytest
 
 from exporters.csv import CsvSink
 from modules.errors import ConfigError, ModuleValidationError
-from simulator import cluster
+from simulator import cluster, population
 from simulator.population import RunConfig
 
 
@@ -65,7 +65,7 @@ def test_a_worker_loads_the_library_as_it_starts_and_its_first_task_uses_it(
     digest, warm = clean_cache[cluster._WARM]
     programs, top = warm
     assert top == ["visit"] and "visit" in programs
-    assert digest == cluster._library_digest(config)
+    assert digest == population.library_digest(config)
 
     parts = tmp_path / "parts"
     parts.mkdir()
@@ -91,7 +91,7 @@ def test_a_library_edited_after_the_worker_loaded_it_is_loaded_again_with_the_ch
     parts.mkdir()
     with pytest.raises(ModuleValidationError, match=r"odd\.json.*missing state 'Nowhere'"):
         cluster._partition_task(0, 0, 3, config, [CsvSink()], str(parts), "fp",
-                                cluster._library_digest(config))
+                                population.library_digest(config))
     assert not list(parts.iterdir())
 
 
@@ -107,7 +107,7 @@ def test_a_library_that_fails_to_load_is_left_to_the_first_task_to_report(
     parts.mkdir()
     with pytest.raises(Exception, match="broken.json"):
         cluster._partition_task(0, 0, 3, config, [CsvSink()], str(parts), "fp",
-                                cluster._library_digest(config))
+                                population.library_digest(config))
     assert not list(parts.iterdir())  # no half-written partition
 
 
@@ -125,7 +125,7 @@ def test_a_library_that_changes_while_the_driver_checks_it_stops_the_run(
     # leave it unknown which files were checked, so the run stops before it starts.
     config = _config(tmp_path, _library(tmp_path))
     digests = iter(["before", "after"])
-    monkeypatch.setattr(cluster, "_library_digest", lambda _config: next(digests))
+    monkeypatch.setattr(population, "library_digest", lambda _config: next(digests))
     with pytest.raises(ConfigError, match="changed while the run checked them"):
         cluster.run_on_dask(config, [CsvSink()], scheduler="tcp://127.0.0.1:9", progress=False)
     assert not (config.out / cluster.PARTS).exists()

@@ -91,3 +91,30 @@ def test_a_released_patient_record_is_freed_without_the_garbage_collector(synthe
     finally:
         if was:
             gc.enable()
+
+
+def test_a_worker_skips_the_checks_only_for_the_files_its_parent_checked(tmp_path):
+    # --processes N: the parent checks the library (check_library) and hands its digest to
+    # the pool's workers, which load files of that digest without the checks.
+    import json
+
+    from modules.errors import ModuleValidationError
+    from simulator.population import _prepare_checked_elsewhere, check_library, library_digest
+
+    lib = tmp_path / "library"
+    lib.mkdir()
+    (lib / "visit.json").write_text(json.dumps({"name": "visit", "states": {
+        "Initial": {"type": "Initial", "direct_transition": "Terminal"},
+        "Terminal": {"type": "Terminal"}}}))
+    config = RunConfig(population=2, seed=1, reference_date=REF, modules_dir=lib)
+    digest = check_library(config)
+    assert digest == library_digest(config)
+    # A module that fails the checks, saved after the parent's check: the worker's files
+    # no longer have the checked digest, so it checks them and reports the problem.
+    (lib / "odd.json").write_text(json.dumps({"name": "odd", "states": {
+        "Initial": {"type": "Initial", "direct_transition": "Gone"}}}))
+    with pytest.raises(ModuleValidationError, match="missing state 'Gone'"):
+        _prepare_checked_elsewhere(config, digest)
+    # Files of the checked digest load without the checks (here they would fail them).
+    programs, top = _prepare_checked_elsewhere(config, library_digest(config))
+    assert set(top) == {"odd", "visit"}
