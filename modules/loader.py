@@ -405,8 +405,8 @@ def load_library(root: Path | str | None = None, *, lenient: bool = False,
     is taken), as some of Synthea's own test fixtures need. ``check_models=False`` skips
     the model cards of learned keys (for a run that uses their fallbacks).
     ``checked=False`` skips the module checks (a third of the load): only for files known
-    to be those of a library that passed them (a Dask worker whose files have the digest
-    of those its run's driver checked).
+    to be those of a library that passed them (a worker process whose files have the
+    digest of those its run's first process checked: ``simulator.population.check_library``).
     """
     lib, errors, _ = validate_library(root if root is not None else default_library_path(),
                                       check_models=check_models, checked=checked)

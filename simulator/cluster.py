@@ -247,10 +247,9 @@ def _distributed() -> Any:
 def _client(workers: int | None, scheduler: str | None, config: RunConfig | None = None
             ) -> Any:
     distributed = _distributed()
-    Client, LocalCluster = distributed.Client, distributed.LocalCluster  # noqa: N806
     if scheduler:
         try:
-            return Client(scheduler, timeout="15s")
+            return distributed.Client(scheduler, timeout="15s")
         except (OSError, TimeoutError) as exc:
             raise ConfigError(f"--scheduler {scheduler}: cannot connect to a Dask scheduler "
                               f"there ({exc}); check the address (tcp://HOST:8786) and that "
@@ -265,10 +264,10 @@ def _client(workers: int | None, scheduler: str | None, config: RunConfig | None
         warm = {} if config is None else {
             "preload": ["simulator.cluster"],
             "env": {_WARM_ENV: base64.b64encode(pickle.dumps(config)).decode()}}
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               memory_limit=0, dashboard_address=None,
-                               silence_logs=logging.CRITICAL, **warm)
-    return Client(cluster)
+        cluster = distributed.LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, memory_limit=0,
+            dashboard_address=None, silence_logs=logging.CRITICAL, **warm)
+    return distributed.Client(cluster)
 
 
 def _close(client: Any, workers: int | None) -> None:

@@ -230,8 +230,9 @@ def _library(config: RunConfig, checked: bool = True) -> ModuleLibrary:
 def library_digest(config: RunConfig) -> str:
     """A digest of the module files the run reads (with learned models' weights and cards
     kept beside them), so a resume with edited modules is refused instead of mixing two
-    libraries in one population. (It reads the bytes only: the library was loaded and
-    checked once already.)"""
+    libraries in one population, and so that worker processes know whether their files
+    are those :func:`check_library` checked. (It reads the bytes only, without parsing
+    them, but for the modules with learned keys.)"""
     root = Path(config.modules_dir) if config.modules_dir is not None else default_library_path()
     h = hashlib.sha256()
     learned: list[tuple[Path, bytes]] = []
@@ -379,7 +380,8 @@ def _collect_per_patient() -> Iterator[Callable[[], None]]:
     and walk the live patient again and again: about a quarter of the run time, measured.
     Once a life is over its processes are closed (:meth:`PatientEnvironment.close`) and,
     once written, its record released (:meth:`Person.release`), so nearly all of it is
-    freed by reference counting and the one collection per patient finds little left. The collector's previous state is restored afterwards."""
+    freed by reference counting and the one collection per patient finds little left.
+    The collector's previous state is restored afterwards."""
     with _gc_paused():
         yield lambda: gc.collect(0)
 
