@@ -6,10 +6,17 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+import simpy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simulator.population import RunConfig, _prepare, patient_seed, simulate_patient
+from simulator.population import (
+    PatientEnvironment,
+    RunConfig,
+    _prepare,
+    patient_seed,
+    simulate_patient,
+)
 from tests.conftest import SYNTHEA_MODULES, need_shared
 
 REF = dt.date(2024, 6, 30)
@@ -118,3 +125,39 @@ def test_a_worker_skips_the_checks_only_for_the_files_its_parent_checked(tmp_pat
     # Files of the checked digest load without the checks (here they would fail them).
     programs, top = _prepare_checked_elsewhere(config, library_digest(config))
     assert set(top) == {"odd", "visit"}
+
+
+def _trace(env: simpy.Environment, until: simpy.Event) -> list:
+    """What a few processes see, run until ``until``: the order, times and values."""
+    seen: list = []
+
+    def proc(name: str, delays: list[float]):
+        for d in delays:
+            v = yield env.timeout(d, value=(name, d))
+            seen.append((env.now, v))
+        return name
+
+    done = [env.process(proc("a", [1, 0, 2, 2])), env.process(proc("b", [1, 1, 0, 5]))]
+    env.process(proc("c", [3]))
+    until.callbacks.append(lambda _e: seen.append(("until", env.now)))
+    result = env.run(until=until)
+    return [seen, result, env.now, [p.value if p.triggered else None for p in done]]
+
+
+def test_patient_environment_steps_as_simpy_does():
+    # The patient's environment runs its own event loop and makes timeouts itself; the
+    # order of events, their times and values and where the run stops must be SimPy's.
+    def both(stop_at: float):
+        out = []
+        for cls in (simpy.Environment, PatientEnvironment):
+            env = cls(initial_time=10.0)
+            out.append(_trace(env, env.timeout(stop_at, value="end")))
+        return out
+    for stop_at in (2.0, 3.0, 4.5, 100.0):
+        plain, ours = both(stop_at)
+        assert ours == plain
+    env = PatientEnvironment()
+    with pytest.raises(ValueError, match="Negative delay"):
+        env.timeout(-1)
+    with pytest.raises(RuntimeError, match="No scheduled events left"):
+        env.run(until=env.event())
