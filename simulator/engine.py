@@ -49,11 +49,16 @@ class Program:
 
 
 def compile_module(module: Module, library: ModuleLibrary | None, *,
-                   use_fallbacks: bool = False) -> Program:
+                   use_fallbacks: bool = False, tracked: frozenset[str] | None = None
+                   ) -> Program:
     """Compile every state of ``module``. Raises ModuleError naming file and state.
 
     Learned keys are compiled by their registered kinds; with ``use_fallbacks`` they are
-    replaced by their plain GMF fallbacks instead (see :mod:`simulator.extensions`)."""
+    replaced by their plain GMF fallbacks instead (see :mod:`simulator.extensions`).
+    ``tracked``: the state names PriorState conditions can ask about (by default those of
+    ``library`` found by :func:`prior_state_names`; every state when there is none)."""
+    if tracked is None and library is not None:
+        tracked = prior_state_names(library)
     states: dict[str, CompiledState] = {}
     for name, spec in module.states.items():
         where = f"{module.path}: states.{name}"
@@ -80,7 +85,43 @@ def compile_module(module: Module, library: ModuleLibrary | None, *,
     for st in states.values():
         if st.type != "Physiology" and transition_key(st.spec) == "direct_transition":
             st.following = states.get(st.spec["direct_transition"])
+        if tracked is not None:
+            st.tracked = st.name in tracked
+    for st in states.values():
+        st.jump = _jump(st)
     return Program(module.key, module.name, states, _background_excludes(module))
+
+
+def _jump(state: CompiledState) -> CompiledState | None:
+    """``state.following``, past the plain untracked states with a direct transition after
+    it (stopping where such a chain comes round to a state already passed)."""
+    nxt = state.following
+    seen = {id(state)}
+    while (nxt is not None and nxt.plain and not nxt.tracked and nxt.following is not None
+           and id(nxt) not in seen):
+        seen.add(id(nxt))
+        nxt = nxt.following
+    return nxt
+
+
+def prior_state_names(library: ModuleLibrary) -> frozenset[str]:
+    """Every state name that a PriorState condition of ``library`` names (as ``name`` or
+    ``since``), wherever the condition sits (transitions, Guards, learned fallbacks). A
+    module run notes when it enters and leaves these states; the others' passage is not
+    asked about by anything."""
+    names: set[str] = set()
+    stack: list[Any] = [m.states for m in library.modules.values()]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            kind = node.get("condition_type")
+            if isinstance(kind, str) and normalize_condition_type(kind) == "PriorState":
+                names.update(v for v in (node.get("name"), node.get("since"))
+                             if isinstance(v, str))
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return frozenset(names)
 
 
 def _background_excludes(module: Module) -> tuple[str, ...]:
@@ -407,7 +448,8 @@ def compile_library(library: ModuleLibrary, *, use_fallbacks: bool = False
                     ) -> dict[str, Program]:
     """Programs for every module of a library, by key (``use_fallbacks``: see
     :func:`compile_module`)."""
-    return {key: compile_module(m, library, use_fallbacks=use_fallbacks)
+    tracked = prior_state_names(library)
+    return {key: compile_module(m, library, use_fallbacks=use_fallbacks, tracked=tracked)
             for key, m in library.modules.items()}
 
 
@@ -521,10 +563,12 @@ def run_module(run: ModuleRun) -> Generator[Any, Any, bool]:
         run.state_name = name
         run.entered = t
         if state.plain and not recording:
-            # A state that does nothing but move on (half of all): entered and left now.
-            ctx.seq += 1
-            last_seq[name] = ctx.seq
-            last_exit[name] = t
+            # A state that does nothing but move on (half of all): entered and left now,
+            # noted only if a PriorState can ask.
+            if state.tracked:
+                ctx.seq += 1
+                last_seq[name] = ctx.seq
+                last_exit[name] = t
         else:
             if recording:
                 run.enter(name, t)
@@ -605,7 +649,7 @@ def run_module(run: ModuleRun) -> Generator[Any, Any, bool]:
                 run.exit(name, t)
             else:
                 last_exit[name] = t
-        nxt = state.following
+        nxt = state.following if recording else state.jump
         if nxt is None:
             target = state.next(run, t)
             try:

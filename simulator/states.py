@@ -48,7 +48,7 @@ class CompiledState:
     """An immutable compiled state. ``next`` picks the following state's name."""
 
     __slots__ = ("name", "type", "process", "next", "recheck", "submodule", "spec", "skip",
-                 "plain", "following")
+                 "plain", "following", "tracked", "jump")
 
     def __init__(self, name: str, stype: str, process: Process, nxt: Any, spec: dict[str, Any],
                  recheck: bool = False, submodule: str | None = None) -> None:
@@ -69,6 +69,13 @@ class CompiledState:
         #: module is compiled: the engine goes there without calling ``next`` (half the
         #: transitions of Synthea's library are direct).
         self.following: CompiledState | None = None
+        #: Whether a PriorState condition anywhere in the library names this state: only
+        #: then does a plain state's entry and exit need noting (see ``jump``).
+        self.tracked = True
+        #: Where the engine goes from here when nothing is recorded: ``following``, past
+        #: the plain, untracked states with a direct transition that come after it (no one
+        #: can tell they were passed through). Set once the whole module is compiled.
+        self.jump: CompiledState | None = None
 
 
 def codes_of(spec: Any) -> tuple[Code, ...]:

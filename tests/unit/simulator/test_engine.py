@@ -10,7 +10,7 @@ import pytest
 
 from modules.errors import SimulationError
 from modules.loader import load_library
-from simulator.engine import compile_library
+from simulator.engine import ModuleRun, compile_library, prior_state_names, run_module
 from tests.conftest import T0, YEAR, make_harness
 
 
@@ -150,3 +150,50 @@ def test_a_death_is_attributed_to_the_top_level_module_that_caused_it(tmp_path):
     programs, top = _prepare(config)
     p = simulate_patient(0, config, programs, top)
     assert p.death_module == "fatal"
+
+
+def test_prior_state_sees_plain_states_with_or_without_history(tmp_path):
+    # A and D are named by no PriorState: without history the engine passes them without
+    # noting them. B and C are named, so their order must still be known.
+    programs = library(tmp_path, m={
+        "Initial": {"type": "Initial", "direct_transition": "A"},
+        "A": {"type": "Simple", "direct_transition": "B"},
+        "B": {"type": "Simple", "direct_transition": "C"},
+        "C": {"type": "Simple", "direct_transition": "D"},
+        "D": {"type": "Simple", "direct_transition": "Saw_B"},
+        "Saw_B": {"type": "Simple", "conditional_transition": [
+            {"condition": {"condition_type": "PriorState", "name": "B"},
+             "transition": "B_Since_C"},
+            {"transition": "No"}]},
+        "B_Since_C": {"type": "Simple", "conditional_transition": [
+            {"condition": {"condition_type": "PriorState", "name": "B", "since": "C"},
+             "transition": "No"},
+            {"transition": "Yes"}]},
+        "Yes": {"type": "SetAttribute", "attribute": "order_right", "value": True,
+                "direct_transition": "Terminal"},
+        "No": {"type": "SetAttribute", "attribute": "order_right", "value": False,
+               "direct_transition": "Terminal"},
+        "Terminal": {"type": "Terminal"}})
+    states = programs["m"].states
+    assert [n for n in "ABCD" if states[n].tracked] == ["B", "C"]
+    for keep in (True, False):
+        h = make_harness(programs)
+        run = ModuleRun(h.person, programs["m"], programs, None, keep_history=keep)
+        h.env.process(run_module(run))
+        h.run_until(T0 + 1)
+        assert h.person.attributes["order_right"] is True, keep
+        assert set(run.last_seq) >= {"B", "C"}
+
+
+def test_prior_state_names_are_found_wherever_the_condition_sits(tmp_path):
+    (tmp_path / "m.json").write_text(json.dumps({"name": "m", "states": {
+        "Initial": {"type": "Initial", "direct_transition": "G"},
+        "G": {"type": "Guard", "allow": {"condition_type": "Not", "condition": {
+            "condition_type": "Prior State", "name": "X", "since": "Y"}},
+            "complex_transition": [{"condition": {"condition_type": "Or", "conditions": [
+                {"condition_type": "PriorState", "name": "W"}]},
+                "distributions": [{"distribution": 1.0, "transition": "Terminal"}]},
+                {"distributions": [{"distribution": 1.0, "transition": "Terminal"}]}]},
+        "X": {"type": "Simple", "direct_transition": "Terminal"},
+        "Terminal": {"type": "Terminal"}}}))
+    assert prior_state_names(load_library(tmp_path, lenient=True)) == {"W", "X", "Y"}
