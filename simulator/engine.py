@@ -113,15 +113,20 @@ def prior_state_names(library: ModuleLibrary) -> frozenset[str]:
     stack: list[Any] = [m.states for m in library.modules.values()]
     while stack:
         node = stack.pop()
-        if isinstance(node, dict):
+        if type(node) is dict:
             kind = node.get("condition_type")
             if isinstance(kind, str) and normalize_condition_type(kind) == "PriorState":
                 names.update(v for v in (node.get("name"), node.get("since"))
                              if isinstance(v, str))
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
+            # only containers can hold a condition; code lists never do (most of a module)
+            stack.extend(v for k, v in node.items()
+                         if type(v) in _CONTAINERS and k != "codes")
+        else:
+            stack.extend(v for v in node if type(v) in _CONTAINERS)
     return frozenset(names)
+
+
+_CONTAINERS = frozenset({dict, list})
 
 
 def _background_excludes(module: Module) -> tuple[str, ...]:
