@@ -27,6 +27,8 @@ __all__ = [
     "bmi",
     "bmi_percentile",
     "weight_kg",
+    "Body",
+    "body",
     "blood_pressure",
     "heart_rate",
     "respiratory_rate",
@@ -160,51 +162,135 @@ def _interp(x: float, xs: list[float], ys: list[float]) -> float:
     return float(y0 + (ys[i] - y0) * (x - x0) / (x1 - x0))
 
 
+class Body:
+    """The growth, vital-sign and smoking curves of one sex, read once from the data files
+    (:func:`body`): each body update of every patient reads them several times, so the
+    lookups of the files' nested keys are done here, not per reading."""
+
+    __slots__ = ("_h_ages", "_h_med", "_h_cv", "_adult_h", "_bmi_ages", "_bmi_med", "_bmi_sd",
+                 "_bmi_last", "_bands", "_band_med", "_adult_sd", "_bp_child", "_bp_adult",
+                 "_hr", "_rr", "_smoke_ages", "_smoke_rate", "_smoke_factor", "_quit")
+
+    def __init__(self, sex: str) -> None:
+        b = _json("body.json")
+        h = b["height_median_cm"]
+        self._h_ages, self._h_med, self._h_cv = h["ages"], h[sex], b["height_cv_child"]
+        self._adult_h = tuple(b["adult_height"][sex])
+        m = b["bmi_median"]
+        self._bmi_ages, self._bmi_med, self._bmi_sd = m["ages"], m[sex], b["bmi_log_sd_child"]
+        self._bmi_last = m[sex][-1]
+        bands = b["adult_bmi_median"]
+        self._bands, self._band_med = bands["bands"], bands[sex]
+        self._adult_sd = b["adult_bmi_log_sd"]
+        c = b["blood_pressure_child"]
+        self._bp_child = (c["sys_at_3"], c["sys_per_year"], c["sd"]["sys"],
+                          c["dia_at_3"], c["dia_per_year"], c["sd"]["dia"])
+        a = b["blood_pressure_adult"]
+        self._bp_adult = (a[sex]["sys"], a["sd"]["sys"], a[sex]["dia"], a["sd"]["dia"])
+        hr, rr = b["heart_rate"], b["respiratory_rate"]
+        self._hr = (hr["ages"], hr["median"], hr["sd"])
+        self._rr = (rr["ages"], rr["median"], rr["sd"])
+        beh = _json("behaviour.json")
+        s = beh["smoking_start_per_year"]
+        self._smoke_ages, self._smoke_rate = s["ages"], s["rate"]
+        self._smoke_factor = beh["smoking_start_sex_factor"][sex]
+        q = beh["smoking_quit_per_year"]
+        self._quit = (q["ages"], q["rate"])
+
+    def height_cm(self, age: float, z: float) -> float:
+        """See :func:`height_cm`."""
+        mean_a, sd_a = self._adult_h
+        adult = mean_a + sd_a * z
+        if age >= 20:
+            return adult
+        child = _interp(min(age, 20.0), self._h_ages, self._h_med) * (1.0 + self._h_cv * z)
+        # The child curve is capped at the adult height the person will reach (the CDC and
+        # NHANES references differ by a centimetre or two at 20).
+        return min(child, adult)
+
+    def bmi_median_sigma(self, age: float) -> tuple[float, float]:
+        """The median BMI and the log-SD around it at ``age``."""
+        if age < 20:
+            return _interp(age, self._bmi_ages, self._bmi_med), self._bmi_sd
+        # blend from the 20-year child median into the adult band over the early twenties
+        if age < 25:
+            w = (age - 20.0) / 5.0
+            med = (1 - w) * self._bmi_last + w * self._band_med[0]
+            sig = (1 - w) * self._bmi_sd + w * self._adult_sd
+            return med, sig
+        return self._band_med[bisect.bisect_right(self._bands, age) - 1], self._adult_sd
+
+    def bmi(self, age: float, z: float) -> float:
+        """See :func:`bmi`."""
+        med, sig = self.bmi_median_sigma(age)
+        return med * math.exp(sig * z)
+
+    def bmi_percentile(self, age: float, bmi_value: float) -> float:
+        """See :func:`bmi_percentile`."""
+        med, sig = self.bmi_median_sigma(age)
+        z = math.log(max(bmi_value, 1e-6) / med) / sig
+        return 50.0 * (1.0 + math.erf(z / math.sqrt(2.0)))
+
+    def blood_pressure(self, age: float, z_sys: float, z_dia: float) -> tuple[float, float]:
+        """See :func:`blood_pressure`."""
+        if age < 18:
+            sys_3, sys_year, sys_sd, dia_3, dia_year, dia_sd = self._bp_child
+            a = max(age, 1.0)
+            s = sys_3 + sys_year * (a - 3.0) + sys_sd * z_sys
+            d = dia_3 + dia_year * (a - 3.0) + dia_sd * z_dia
+        else:
+            sys_by_age, sys_sd, dia_by_age, dia_sd = self._bp_adult
+            s = _interp(age, _BP_MIDS, sys_by_age) + sys_sd * z_sys
+            d = _interp(age, _BP_MIDS, dia_by_age) + dia_sd * z_dia
+        s = min(max(s, 70.0), 230.0)
+        d = min(max(d, 35.0), min(s - 15.0, 140.0))
+        return s, d
+
+    def heart_rate(self, age: float, z: float) -> float:
+        ages, median, sd = self._hr
+        return max(40.0, _interp(age, ages, median) + sd * z)
+
+    def respiratory_rate(self, age: float, z: float) -> float:
+        ages, median, sd = self._rr
+        return max(8.0, _interp(age, ages, median) + sd * z)
+
+    def smoking_start_probability(self, age: float) -> float:
+        """See :func:`smoking_start_probability`."""
+        if age < self._smoke_ages[0]:
+            return 0.0
+        return _interp(age, self._smoke_ages, self._smoke_rate) * self._smoke_factor
+
+    def smoking_quit_probability(self, age: float) -> float:
+        """See :func:`smoking_quit_probability`."""
+        ages, rate = self._quit
+        return _interp(age, ages, rate)
+
+
+# The middles of NHANES's adult blood-pressure bands 18-39, 40-59, 60+.
+_BP_MIDS = [29.0, 50.0, 70.0]
+
+
+@cache
+def body(sex: str) -> Body:
+    """The :class:`Body` curves of ``sex`` ("M" or "F"; ValueError otherwise)."""
+    return Body(_check_sex(sex))
+
+
 def height_cm(age: float, sex: str, z: float) -> float:
     """Height (length under 2) at ``age`` for a person at height z-score ``z``: the CDC/WHO
     median with a 4% coefficient of variation in childhood, never above the person's NHANES
     adult height, which applies from 20. Non-decreasing in age for fixed z."""
-    b = _json("body.json")
-    sex = _check_sex(sex)
-    med = b["height_median_cm"]
-    mean_a, sd_a = b["adult_height"][sex]
-    child = _interp(min(age, 20.0), med["ages"], med[sex]) * (1.0 + b["height_cv_child"] * z)
-    adult = mean_a + sd_a * z
-    if age >= 20:
-        return adult
-    # The child curve is capped at the adult height the person will reach (the CDC and
-    # NHANES references differ by a centimetre or two at 20).
-    return min(child, adult)
-
-
-def _bmi_median_sigma(age: float, sex: str) -> tuple[float, float]:
-    b = _json("body.json")
-    if age < 20:
-        m = b["bmi_median"]
-        return _interp(age, m["ages"], m[sex]), b["bmi_log_sd_child"]
-    bands = b["adult_bmi_median"]
-    i = bisect.bisect_right(bands["bands"], age) - 1
-    # blend from the 20-year child median into the adult band over the early twenties
-    med = bands[sex][i]
-    if age < 25:
-        w = (age - 20.0) / 5.0
-        med = (1 - w) * b["bmi_median"][sex][-1] + w * bands[sex][0]
-        sig = (1 - w) * b["bmi_log_sd_child"] + w * b["adult_bmi_log_sd"]
-        return med, sig
-    return med, b["adult_bmi_log_sd"]
+    return body(sex).height_cm(age, z)
 
 
 def bmi(age: float, sex: str, z: float) -> float:
     """BMI (kg/m2) at ``age`` for BMI z-score ``z``: log-normal around the median."""
-    med, sig = _bmi_median_sigma(age, _check_sex(sex))
-    return med * math.exp(sig * z)
+    return body(sex).bmi(age, z)
 
 
 def bmi_percentile(age: float, sex: str, bmi_value: float) -> float:
     """Percentile (0-100) of ``bmi_value`` among people of that age and sex."""
-    med, sig = _bmi_median_sigma(age, _check_sex(sex))
-    z = math.log(max(bmi_value, 1e-6) / med) / sig
-    return 50.0 * (1.0 + math.erf(z / math.sqrt(2.0)))
+    return body(sex).bmi_percentile(age, bmi_value)
 
 
 def weight_kg(age: float, sex: str, height_z: float, bmi_z: float) -> float:
@@ -216,48 +302,29 @@ def weight_kg(age: float, sex: str, height_z: float, bmi_z: float) -> float:
 
 def blood_pressure(age: float, sex: str, z_sys: float, z_dia: float) -> tuple[float, float]:
     """(systolic, diastolic) in mmHg for the given z-scores."""
-    b = _json("body.json")
-    sex = _check_sex(sex)
-    if age < 18:
-        c = b["blood_pressure_child"]
-        a = max(age, 1.0)
-        s = c["sys_at_3"] + c["sys_per_year"] * (a - 3.0) + c["sd"]["sys"] * z_sys
-        d = c["dia_at_3"] + c["dia_per_year"] * (a - 3.0) + c["sd"]["dia"] * z_dia
-    else:
-        a = b["blood_pressure_adult"]
-        mids = [29.0, 50.0, 70.0]  # middles of the NHANES bands 18-39, 40-59, 60+
-        s = _interp(age, mids, a[sex]["sys"]) + a["sd"]["sys"] * z_sys
-        d = _interp(age, mids, a[sex]["dia"]) + a["sd"]["dia"] * z_dia
-    s = min(max(s, 70.0), 230.0)
-    d = min(max(d, 35.0), min(s - 15.0, 140.0))
-    return s, d
+    return body(sex).blood_pressure(age, z_sys, z_dia)
 
 
 def heart_rate(age: float, z: float) -> float:
-    hr = _json("body.json")["heart_rate"]
-    return max(40.0, _interp(age, hr["ages"], hr["median"]) + hr["sd"] * z)
+    """Resting heart rate (/min) at ``age`` for z-score ``z`` (the same for both sexes)."""
+    return body("M").heart_rate(age, z)
 
 
 def respiratory_rate(age: float, z: float) -> float:
-    rr = _json("body.json")["respiratory_rate"]
-    return max(8.0, _interp(age, rr["ages"], rr["median"]) + rr["sd"] * z)
+    """Respiratory rate (/min) at ``age`` for z-score ``z`` (the same for both sexes)."""
+    return body("M").respiratory_rate(age, z)
 
 
 # ------------------------------------------------------------------------ behaviour
 
 def smoking_start_probability(age: float, sex: str) -> float:
     """Yearly probability that a never-smoker starts smoking at ``age``."""
-    b = _json("behaviour.json")
-    s = b["smoking_start_per_year"]
-    if age < s["ages"][0]:
-        return 0.0
-    return _interp(age, s["ages"], s["rate"]) * b["smoking_start_sex_factor"][_check_sex(sex)]
+    return body(sex).smoking_start_probability(age)
 
 
 def smoking_quit_probability(age: float) -> float:
     """Yearly probability that a current smoker quits for good."""
-    q = _json("behaviour.json")["smoking_quit_per_year"]
-    return _interp(age, q["ages"], q["rate"])
+    return body("M").smoking_quit_probability(age)
 
 
 def alcohol_use_probability(sex: str) -> float:

@@ -108,6 +108,7 @@ class Lifecycle:
         self.stop = stop
         u = person.uniform
         self.sex = person.gender
+        self.body = facts.body(self.sex)
         self.height_z = _normal(u)
         self.bmi_z = _normal(u)
         self.bp_z = (_normal(u), _normal(u))
@@ -188,26 +189,26 @@ class Lifecycle:
         person = self.person
         u = person.uniform
         age = max(0.0, (t - person.birth) / 365.25)
-        sex = self.sex
+        body = self.body
         # BMI z drifts slowly (mean-reverting) so weight changes over a life.
         if age >= 2:
             self.bmi_z = 0.95 * self.bmi_z + 0.3 * _normal(u)
-        height = facts.height_cm(age, sex, self.height_z)
-        bmi = facts.bmi(age, sex, self.bmi_z)
+        height = body.height_cm(age, self.height_z)
+        bmi = body.bmi(age, self.bmi_z)
         weight = bmi * (height / 100.0) ** 2
         z_s, z_d = self.bp_z
         if person.attributes.get("hypertension") is True:
             # Untreated hypertension: about 1.5 SD above the age/sex mean (JNC 8 stage 1-2).
             z_s, z_d = z_s + 1.5, z_d + 1.2
-        sys_bp, dia_bp = facts.blood_pressure(age, sex, z_s, z_d)
+        sys_bp, dia_bp = body.blood_pressure(age, z_s, z_d)
         vit = person.vitals
         vit["Height"] = round(height, 1)
         vit["Weight"] = round(weight, 1)
         vit["BMI"] = round(bmi, 1)
         vit["Systolic Blood Pressure"] = round(sys_bp)
         vit["Diastolic Blood Pressure"] = round(dia_bp)
-        vit["Heart Rate"] = round(facts.heart_rate(age, self.hr_z))
-        vit["Respiration Rate"] = round(facts.respiratory_rate(age, self.rr_z))
+        vit["Heart Rate"] = round(body.heart_rate(age, self.hr_z))
+        vit["Respiration Rate"] = round(body.respiratory_rate(age, self.rr_z))
         # Set again at every update: a module's VitalSign state may have changed one.
         vit.update(self.labs)
         if person.attributes.get("diabetes") is True:
@@ -229,7 +230,7 @@ class Lifecycle:
             # Weight-for-length percentile of an infant, from its BMI z-score.
             person.set_attribute("current_weight_length_percentile", round(_percentile(self.bmi_z), 1))
         if age < 21:  # modules decide by calendar age whether to record it
-            person.set_attribute("bmi_percentile", round(facts.bmi_percentile(age, sex, bmi), 1))
+            person.set_attribute("bmi_percentile", round(body.bmi_percentile(age, bmi), 1))
         self._behaviour(age, u)
         person.notify(WATCH_VITAL)
 
@@ -242,11 +243,11 @@ class Lifecycle:
             return
         yearly_share = 0.25 if age < 20 else 1.0  # updates are quarterly before 20
         if attrs.get("smoker"):
-            if u() < facts.smoking_quit_probability(age) * yearly_share:
+            if u() < self.body.smoking_quit_probability(age) * yearly_share:
                 person.set_attribute("smoker", False)
                 person.set_attribute("quit smoking age", int(age))
         elif "quit smoking age" not in attrs:
-            if u() < facts.smoking_start_probability(age, self.sex) * yearly_share:
+            if u() < self.body.smoking_start_probability(age) * yearly_share:
                 person.set_attribute("smoker", True)
         if age >= 18 and "drinker" not in attrs:
             attrs["drinker"] = u() < facts.alcohol_use_probability(self.sex)
