@@ -7,10 +7,13 @@ process that simulates 1 + N patients with Synthea's whole module library and FH
 (the same settings as benchmarks/scale.py), and on one that simulates the first patient
 only, and divides the difference by N: imports, the library load and the exporter's fixed
 files are left out. The children run with PYTHONHASHSEED=0 (other hash seeds lay
-dictionaries out differently), yet the same code still counts a few percent apart from one
-run to the next (temporary names, timestamps, when the garbage collector's passes fall:
-166 and 172 million per patient for the same commit), so the pair is counted ``--repeat``
-times and the median is reported with the lowest and highest. It writes
+dictionaries out differently) and with one OpenBLAS (and OpenMP) thread: numpy's import
+starts OpenBLAS's thread pool, whose threads spin for a while, and their instructions were
+counted too (``import numpy`` alone counted 465 to 500 million, now 395 million every
+time); that, not the engine, was most of the spread earlier counts showed (166 and 172
+million per patient for one commit). What remains (temporary names, timestamps) is small,
+but the pair is still counted ``--repeat`` times and the median is reported with the
+lowest and highest. It writes
 benchmarks/results/instructions.json (``instructions_per_patient``, in millions, the
 median; ``instructions_per_patient_low`` and ``_high``; ``instructions_fixed``, the
 1-patient run's median). Needs valgrind (``apt-get install valgrind``); each repeat takes
@@ -49,6 +52,12 @@ with tempfile.TemporaryDirectory() as tmp:
 """
 
 
+#: The children's environment: fixed hash seed, and no thread pools of numpy's libraries
+#: (their threads' spinning would be counted).
+_QUIET = {"PYTHONHASHSEED": "0", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+          "MKL_NUM_THREADS": "1"}
+
+
 def count(patients: int, modules: Path) -> int:
     """Instructions executed by a child process that runs the first ``patients``."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -59,7 +68,7 @@ def count(patients: int, modules: Path) -> int:
              f"--cachegrind-out-file={os.devnull}", sys.executable, str(script),
              str(patients), str(modules)],
             capture_output=True, text=True, cwd=HERE.parent, check=False,
-            env={**os.environ, "PYTHONHASHSEED": "0"})
+            env={**os.environ, **_QUIET})
     if out.returncode != 0:
         sys.exit(f"valgrind run failed (exit {out.returncode}):\n{out.stderr[-2000:]}")
     m = re.search(r"I\s+refs:\s+([\d,]+)", out.stderr)
