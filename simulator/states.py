@@ -70,7 +70,7 @@ class CompiledState:
         #: transitions of Synthea's library are direct).
         self.following: CompiledState | None = None
         #: Whether a PriorState condition anywhere in the library names this state: only
-        #: then does a plain state's entry and exit need noting (see ``jump``).
+        #: then are its entry and exit noted when a run keeps no history (see ``jump``).
         self.tracked = True
         #: Where the engine goes from here when nothing is recorded: ``following``, past
         #: the plain, untracked states with a direct transition that come after it (no one

@@ -152,15 +152,18 @@ def test_a_death_is_attributed_to_the_top_level_module_that_caused_it(tmp_path):
     assert p.death_module == "fatal"
 
 
-def test_prior_state_sees_plain_states_with_or_without_history(tmp_path):
+@pytest.mark.parametrize("kind", ["Simple", "Counter"])
+def test_prior_state_sees_states_with_or_without_history(tmp_path, kind):
     # A and D are named by no PriorState: without history the engine passes them without
-    # noting them. B and C are named, so their order must still be known.
+    # noting them. B and C are named, so their order must still be known, whether they
+    # do nothing (Simple) or do some work (a Counter).
+    work = {} if kind == "Simple" else {"attribute": "n", "action": "increment"}
     programs = library(tmp_path, m={
         "Initial": {"type": "Initial", "direct_transition": "A"},
-        "A": {"type": "Simple", "direct_transition": "B"},
-        "B": {"type": "Simple", "direct_transition": "C"},
-        "C": {"type": "Simple", "direct_transition": "D"},
-        "D": {"type": "Simple", "direct_transition": "Saw_B"},
+        "A": {"type": kind, **work, "direct_transition": "B"},
+        "B": {"type": kind, **work, "direct_transition": "C"},
+        "C": {"type": kind, **work, "direct_transition": "D"},
+        "D": {"type": kind, **work, "direct_transition": "Saw_B"},
         "Saw_B": {"type": "Simple", "conditional_transition": [
             {"condition": {"condition_type": "PriorState", "name": "B"},
              "transition": "B_Since_C"},
