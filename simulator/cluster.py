@@ -29,6 +29,7 @@ import base64
 import gc
 import hashlib
 import logging
+import multiprocessing
 import os
 import pickle
 import shutil
@@ -51,7 +52,7 @@ from simulator.population import (
     _check_out,
     _prepare,
     _simulate_range,
-    check_library,
+    checked_library,
     library_digest,
 )
 
@@ -72,6 +73,8 @@ _WARM_ENV = "CARECOURSE_WORKER_CONFIG"
 #: The _CACHE key of a library a worker loaded as it started, before it knew the run's
 #: fingerprint.
 _WARM = "warm"
+#: The _CACHE key that says the driver lent its library to workers forked from it.
+_LENT = "lent"
 
 #: Dask settings for simulation workers (documented in the README for --scheduler users).
 QUIET_WORKERS = {
@@ -201,16 +204,19 @@ def _finished(parts: Path, k: int) -> dict[str, Any] | None:
 
 
 def dask_setup(worker: Any) -> None:
-    """Dask's preload hook, run in each worker of a local cluster as it starts: load and
-    compile the run's module library now, while the other workers and the scheduler are
-    still starting, instead of in the worker's first task. The driver checks the library
-    meanwhile, so this load skips the checks and keeps the digest of the files it read;
-    the first task uses it only if the driver checked files of that digest. A failure is
-    left for that task to meet again and report."""
+    """Dask's preload hook, run in each worker of a local cluster as it starts. A worker
+    forked from the driver has the library the driver checked already (:func:`_lend`).
+    A spawned one loads and compiles the run's module library now, while the other
+    workers and the scheduler are still starting, instead of in the worker's first task.
+    The driver checks the library meanwhile, so this load skips the checks and keeps the
+    digest of the files it read; the first task uses it only if the driver checked files
+    of that digest. A failure is left for that task to meet again and report."""
     blob = os.environ.get(_WARM_ENV)
     if not blob or worker is None:
         return
     atexit.register(_exit_without_teardown)
+    if _WARM in _CACHE:
+        return  # forked from the driver, with the library it lent
     try:
         config = pickle.loads(base64.b64decode(blob))
         digest = library_digest(config)
@@ -244,8 +250,30 @@ def _distributed() -> Any:
     return distributed
 
 
-def _client(workers: int | None, scheduler: str | None, config: RunConfig | None = None
-            ) -> Any:
+def _can_fork() -> bool:
+    """Whether a local cluster's workers can be forked from the driver: on Linux (fork is
+    unsafe on macOS and absent on Windows)."""
+    return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+
+
+def _lend(digest: str, prepared: Any) -> None:
+    """Leave the library this process checked where workers forked from it find it (the
+    first task takes it if ``digest`` is the run's), out of the collector's passes so that
+    theirs do not walk it (which would also copy its memory into each of them)."""
+    _CACHE[_WARM] = (digest, prepared)
+    _CACHE[_LENT] = True
+    gc.freeze()
+
+
+def _take_back() -> None:
+    """Undo :func:`_lend` once the run is over (nothing if nothing was lent)."""
+    if _CACHE.pop(_LENT, False):
+        _CACHE.pop(_WARM, None)
+        gc.unfreeze()
+
+
+def _client(workers: int | None, scheduler: str | None, config: RunConfig | None = None,
+            fork: bool = False) -> Any:
     distributed = _distributed()
     if scheduler:
         try:
@@ -260,7 +288,9 @@ def _client(workers: int | None, scheduler: str | None, config: RunConfig | None
     # wake-up of a worker's event loop costs simulation time. Dask's defaults (a stack
     # sampler every 10 ms, a loop tick every 20 ms) cost about 10% on a 2-core machine;
     # these settings, handed by the nannies to their workers, keep the loop quiet.
-    with dask.config.set(QUIET_WORKERS):
+    settings = {**QUIET_WORKERS, "distributed.worker.multiprocessing-method": "fork"} \
+        if fork else QUIET_WORKERS
+    with dask.config.set(settings):
         warm = {} if config is None else {
             "preload": ["simulator.cluster"],
             "env": {_WARM_ENV: base64.b64encode(pickle.dumps(config)).decode()}}
@@ -268,6 +298,13 @@ def _client(workers: int | None, scheduler: str | None, config: RunConfig | None
             n_workers=workers, threads_per_worker=1, processes=True, memory_limit=0,
             dashboard_address=None, silence_logs=logging.CRITICAL, **warm)
     return distributed.Client(cluster)
+
+
+def _start(workers: int, config: RunConfig, *, fork: bool) -> tuple[ThreadPoolExecutor, Any]:
+    """Start a local cluster in the background: (the thread starting it, the future of its
+    client)."""
+    starting = ThreadPoolExecutor(max_workers=1, thread_name_prefix="carecourse-cluster")
+    return starting, starting.submit(_client, workers, None, config, fork)
 
 
 def _close(client: Any, workers: int | None) -> None:
@@ -284,6 +321,17 @@ def run_on_dask(config: RunConfig, sinks: list[Any], *, workers: int | None = No
                 ) -> RunSummary:
     """Simulate ``config.population`` patients on a Dask cluster; see the module docs.
     ``on_partition(client, record)`` is called as each partition finishes."""
+    try:
+        return _run_on_dask(config, sinks, workers, scheduler, partition_size, progress,
+                            retries, on_partition)
+    finally:
+        _take_back()
+
+
+def _run_on_dask(config: RunConfig, sinks: list[Any], workers: int | None,
+                 scheduler: str | None, partition_size: int | None, progress: bool,
+                 retries: int, on_partition: Callable[[Any, dict[str, Any]], None] | None
+                 ) -> RunSummary:
     from tqdm import tqdm
 
     config.check()
@@ -302,20 +350,30 @@ def run_on_dask(config: RunConfig, sinks: list[Any], *, workers: int | None = No
             raise OutputError(f"{config.out / s.name}: already exists; choose an empty --out "
                               f"folder")
     t0 = time.perf_counter()
-    # A local cluster takes seconds to start (processes, imports): start it now, in the
-    # background, while this process checks the library and the folder. Dask is imported
-    # first, here: imported by the starting thread, it would share the interpreter lock
-    # with the check and start the workers later.
+    # The workers of a local cluster are forked from this process once it has checked the
+    # library: they start in a tenth of a second with Dask, carecourse and the checked
+    # library in memory. Where they cannot be (no fork, or torch loaded here: its threads
+    # can hang a forked child) they are spawned, which takes seconds (each imports Dask and
+    # loads the library), so that cluster is started first, in the background, while this
+    # process checks the library and the folder. Dask is imported first, here: imported by
+    # the starting thread, it would share the interpreter lock with the check and start
+    # the workers later.
     starting = None
     if workers is not None:
         _distributed()
-        starting = ThreadPoolExecutor(max_workers=1, thread_name_prefix="carecourse-cluster")
-        pending = starting.submit(_client, workers, None, config)
+        if not _can_fork():
+            starting, pending = _start(workers, config, fork=False)
     client = None
     try:
-        # Workers of a local cluster load the library unchecked and use it only if its
-        # digest is that of the files checked here, so they must not change meanwhile.
-        library = check_library(config)  # fail fast, here, on a broken library
+        # Spawned workers load the library unchecked and use it only if its digest is
+        # that of the files checked here, so they must not change meanwhile.
+        library, prepared = checked_library(config)  # fail fast, here, on a broken library
+        if workers is not None and starting is None:
+            fork = "torch" not in sys.modules
+            if fork:
+                _lend(library, prepared)
+            starting, pending = _start(workers, config, fork=fork)
+        del prepared
         parts = config.out / PARTS
         parts.mkdir(exist_ok=True)
         fp = fingerprint(config, sinks, partition_size, library)

@@ -333,12 +333,18 @@ def check_library(config: RunConfig) -> str:
     """Load and check the run's library in this process (it raises on a broken one) and
     return the digest of the files checked. Worker processes that find files of that
     digest load them without the checks; files that change during the check stop the run."""
+    return checked_library(config)[0]
+
+
+def checked_library(config: RunConfig) -> tuple[str, tuple[dict[str, Program], list[str]]]:
+    """:func:`check_library`, keeping what it loaded: (digest, (programs, top-level
+    module keys)), for worker processes forked from this one."""
     digest = library_digest(config)
-    _prepare(config)
+    prepared = _prepare(config)
     if library_digest(config) != digest:
         raise ConfigError(f"{config.modules_dir or 'the module library'}: files changed "
                           f"while the run checked them; run again once they are saved")
-    return digest
+    return digest, prepared
 
 
 def _prepare_checked_elsewhere(config: RunConfig, digest: str

@@ -8,6 +8,7 @@ import datetime as dt
 import gc
 import json
 import pickle
+import sys
 
 import pytest
 
@@ -129,3 +130,47 @@ def test_a_library_that_changes_while_the_driver_checks_it_stops_the_run(
     with pytest.raises(ConfigError, match="changed while the run checked them"):
         cluster.run_on_dask(config, [CsvSink()], scheduler="tcp://127.0.0.1:9", progress=False)
     assert not (config.out / cluster.PARTS).exists()
+
+
+def test_a_worker_forked_from_the_driver_keeps_the_library_lent_to_it(
+        tmp_path, monkeypatch, clean_cache):
+    config = _config(tmp_path, _library(tmp_path))
+    digest, prepared = population.checked_library(config)
+    cluster._lend(digest, prepared)
+    handlers = _hand_over(monkeypatch, config)
+    monkeypatch.setattr(cluster, "_prepare", _no_second_load)
+    cluster.dask_setup(_WORKER)  # as in the forked worker: the lent library is there
+    assert clean_cache[cluster._WARM][1] is prepared
+    assert handlers == [cluster._exit_without_teardown]
+    cluster._take_back()  # the driver, once its run is over
+    assert cluster._WARM not in clean_cache and gc.get_freeze_count() == 0
+
+
+def _no_second_load(*_args, **_kwargs):
+    raise AssertionError("the worker loaded the library again")
+
+
+@pytest.mark.parametrize("torch_loaded", [False, True])
+def test_a_local_cluster_forks_its_workers_unless_torch_is_loaded(
+        tmp_path, monkeypatch, clean_cache, torch_loaded):
+    # Forked workers start with Dask and the library this process checked in memory; a
+    # process that has loaded torch spawns them instead (its threads can hang a fork).
+    if not cluster._can_fork():
+        pytest.skip("no fork on this platform")
+    if torch_loaded:
+        monkeypatch.setitem(sys.modules, "torch", sys.modules.get("torch") or object())
+    else:
+        monkeypatch.delitem(sys.modules, "torch", raising=False)
+        # a forked worker that loaded the library itself would fail its task
+        monkeypatch.setattr(cluster, "_prepare", _no_second_load)
+    config = _config(tmp_path, _library(tmp_path))
+    forked: list = []
+
+    def probe(client, _record) -> None:
+        forked.extend(client.run(lambda: "_pytest" in sys.modules).values())
+
+    summary = cluster.run_on_dask(config, [CsvSink()], workers=1, partition_size=3,
+                                  progress=False, on_partition=probe)
+    assert summary.patients == 3 and (config.out / "csv" / "patients.csv").is_file()
+    assert forked == [not torch_loaded]
+    assert cluster._WARM not in clean_cache  # the driver took its library back
