@@ -62,6 +62,9 @@ _LABS = {
     "Chloride": (102.0, 2.5),
     "Carbon Dioxide": (26.0, 2.0),
 }
+# eGFR (mL/min/1.73m2) at most, by the chronic kidney disease stage in the "ckd" attribute:
+# inside KDIGO 2012's categories G3 (30-59), G4 (15-29) and G5 (under 15).
+_EGFR_CAP = {3: 55.0, 4: 25.0, 5: 12.0}
 # Serum creatinine by sex (mg/dL): MedlinePlus reference 0.74-1.35 (men), 0.59-1.04 (women).
 _CREATININE = {"M": (1.05, 0.15), "F": (0.82, 0.11)}
 
@@ -217,8 +220,11 @@ class Lifecycle:
             vit["Glucose"] = round(max(0.0, mean + sd * self.lab_z["Glucose"] + 45.0), 1)
         vit["Blood Glucose"] = vit["Glucose"]
         egfr = 100.0 + 12.0 * self.egfr_z - max(0.0, age - 40.0)
-        if person.attributes.get("ckd") is not None:
-            egfr = min(egfr, 55.0)  # chronic kidney disease: stage 3 or worse (KDIGO 2012)
+        stage = person.attributes.get("ckd")
+        if type(stage) in (int, float) and stage >= 3:
+            # chronic kidney disease stage 3 or worse. Synthea's modules set "ckd" to 0 for
+            # everybody and to stages 1-2 when kidney damage does not lower eGFR yet.
+            egfr = min(egfr, _EGFR_CAP[min(int(stage), 5)])
         vit["EGFR"] = round(max(5.0, egfr), 1)
         if age < 3:
             # Head circumference grows fastest in infancy (WHO child growth standards:

@@ -17,8 +17,9 @@ from modules.loader import load_library
 from simulator import facts
 from simulator.demographics import US_STATES, normalize_state, sample_demographics
 from simulator.engine import compile_library
-from simulator.lifecycle import sample_age_at_death
+from simulator.lifecycle import Lifecycle, sample_age_at_death
 from simulator.population import RunConfig, simulate_patient
+from tests.conftest import T0, YEAR, make_harness
 
 
 @pytest.mark.parametrize("sex, low, high", [("M", 73.0, 75.5), ("F", 78.5, 81.0)])
@@ -200,3 +201,24 @@ def test_background_deaths_leave_out_the_causes_the_running_modules_simulate(tmp
 
 def _lifespan(p):
     return (p.death - p.birth) / 365.25
+
+
+@pytest.mark.parametrize("ckd, below", [(None, None), (0, None), (1, None), (2, None),
+                                        (3, 60.0), (4, 30.0), (5, 15.0)])
+def test_egfr_falls_with_chronic_kidney_disease_from_stage_3(ckd, below):
+    # Synthea's modules set "ckd" to 0 for everybody and count stages up from 1: kidney
+    # function falls into KDIGO's G3 from stage 3 on, not when the attribute is set.
+    def egfr(stage):
+        h = make_harness({}, age_years=50, seed=4)
+        life = Lifecycle(h.person, h.env, T0 + YEAR, h.env.event())
+        if stage is not None:
+            h.person.set_attribute("ckd", stage)
+        life.update_body(T0)
+        return h.person.vitals["EGFR"]
+
+    healthy = egfr(None)
+    assert healthy > 60  # seed 4 draws a 50-year-old with normal kidney function
+    if below is None:
+        assert egfr(ckd) == healthy
+    else:
+        assert egfr(ckd) < below
