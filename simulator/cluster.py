@@ -252,8 +252,10 @@ def _distributed() -> Any:
 
 def _can_fork() -> bool:
     """Whether a local cluster's workers can be forked from the driver: on Linux (fork is
-    unsafe on macOS and absent on Windows)."""
-    return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+    unsafe on macOS and absent on Windows), in a process that has not loaded torch (its
+    thread pools can hang a forked child; learned modules load it)."""
+    return (sys.platform.startswith("linux") and "torch" not in sys.modules
+            and "fork" in multiprocessing.get_all_start_methods())
 
 
 def _lend(digest: str, prepared: Any) -> None:
@@ -369,7 +371,7 @@ def _run_on_dask(config: RunConfig, sinks: list[Any], workers: int | None,
         # that of the files checked here, so they must not change meanwhile.
         library, prepared = checked_library(config)  # fail fast, here, on a broken library
         if workers is not None and starting is None:
-            fork = "torch" not in sys.modules
+            fork = _can_fork()  # the check may have loaded torch, for learned modules
             if fork:
                 _lend(library, prepared)
             starting, pending = _start(workers, config, fork=fork)
