@@ -119,3 +119,18 @@ def test_cli_on_an_existing_scheduler_and_bad_combinations(tmp_path, capsys):
     assert run_cli(*args, "--out", tmp_path / "x", "--workers", 2, "--processes", 2) == 2
     assert "--processes is for runs without Dask" in capsys.readouterr().err
     assert run_cli(*args, "--out", tmp_path / "y", "--workers", 2, "--scheduler", "tcp://a:1") == 2
+
+
+def test_an_interrupted_cli_run_says_where_its_finished_partitions_are(tmp_path, capsys,
+                                                                       monkeypatch):
+    import simulator.cluster
+
+    def interrupted(config, sinks, **_kwargs):
+        (config.out / "parts" / "part-000000").mkdir(parents=True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(simulator.cluster, "run_on_dask", interrupted)
+    out = tmp_path / "out"
+    assert run_cli("run", "-p", 40, "--out", out, "--workers", 2, "--no-progress") == 130
+    err = capsys.readouterr().err
+    assert f"kept in {out / 'parts'}" in err and "rerun the same command" in err
