@@ -18,7 +18,7 @@ pure-Python workload (``python_reference_seconds``) measured just before, so tha
 machine that is faster or slower that day can be compared, and the speed of that workload
 on both cores at once relative to one (``parallel_reference_efficiency``): the ceiling of
 any speed-up that day. ``speedup_2_workers_steady`` leaves out the fixed costs of a Dask
-run (starting the cluster, loading the library in each worker, closing).
+run (importing Dask, checking the library, starting the cluster, closing it).
 
     python benchmarks/scale.py [--patients 2000] [--rounds 5] [--modules-dir DIR]
 """
@@ -75,8 +75,8 @@ def parallel_reference_efficiency() -> float:
 
 def _measure(kind: str, patients: int, modules_dir: Path, size: int) -> dict[str, float]:
     """One run, in this (fresh) process: ``one`` (one process) or ``dask`` (a local cluster
-    of 2 workers). The clock starts when carecourse is imported, at the call a user's
-    ``carecourse run`` makes."""
+    of 2 workers). The clock starts once carecourse is imported, at the call a user's
+    ``carecourse run`` makes (Dask's import, inside the call, is counted)."""
     import datetime as dt
 
     from exporters.fhir import FhirSink
@@ -98,8 +98,8 @@ def _measure(kind: str, patients: int, modules_dir: Path, size: int) -> dict[str
                     on_partition=lambda _c, rec: finished.append((time.perf_counter() - t,
                                                                   rec["patients"])))
         total = time.perf_counter() - t
-    # The fixed costs of a Dask run (starting the cluster and loading the library in each
-    # worker; closing it and joining the shards) apart from its steady rate.
+    # The fixed costs of a Dask run (importing Dask, checking the library, starting the
+    # cluster; closing it and joining the shards) apart from its steady rate.
     first, last = finished[0][0], finished[-1][0]
     steady = sum(n for _, n in finished[1:]) / (last - first) if last > first else \
         patients / total
@@ -132,10 +132,10 @@ def main() -> None:
     from simulator.cluster import default_partition_size
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    # 2,000 as in the issue's own comparison of 1 process and 2 workers: a Dask run pays
-    # 1.5-2 s to start (the cluster's processes import Dask and load the library) where
-    # one process pays about 0.4 s, and at 1,000 patients that alone takes about 0.1 off
-    # the speed-up (README: Benchmarks); the fixed costs are reported on their own.
+    # 2,000 as in the tests that compare 1 process and 2 workers: a Dask run pays about 1 s
+    # more than one process before its first partition starts (Dask's import, the
+    # scheduler, the workers), which at 1,000 patients takes about 0.1 off the speed-up by
+    # itself (README: Benchmarks); the fixed costs are reported on their own.
     ap.add_argument("--patients", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=5,
                     help="pairs of runs (one process, 2 workers); the medians are reported")

@@ -1001,10 +1001,11 @@ def main(argv: list[str] | None = None) -> int:
         extra = ("; the patients the server accepted are in the upload journal, rerun the "
                  "same command to send the rest" if getattr(args, "fhir_server", None) else "")
         parts = Path(getattr(args, "out", "") or ".") / "parts"
-        if (getattr(args, "workers", None) or getattr(args, "scheduler", None)) \
-                and parts.is_dir():
-            extra += (f"; the partitions that finished are kept in {parts}: rerun the same "
-                      f"command to compute only the missing ones")
+        kept = len(list(parts.glob("part-*"))) if (
+            getattr(args, "workers", None) or getattr(args, "scheduler", None)) else 0
+        if kept:
+            extra += (f"; the {kept} partition(s) that finished are kept in {parts}: rerun "
+                      f"the same command to compute only the missing ones")
         print(f"carecourse: interrupted; no output files were written{extra}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into a command that stopped reading (head)

@@ -75,6 +75,9 @@ _WARM_ENV = "CARECOURSE_WORKER_CONFIG"
 _WARM = "warm"
 #: The _CACHE key that says the driver lent its library to workers forked from it.
 _LENT = "lent"
+#: The environment variable that says how a local cluster starts its workers: fork (the
+#: default, where :func:`_fork_workers` allows it) or spawn.
+START_ENV = "CARECOURSE_WORKER_START"
 
 #: Dask settings for simulation workers (documented in the README for --scheduler users).
 QUIET_WORKERS = {
@@ -250,28 +253,52 @@ def _distributed() -> Any:
     return distributed
 
 
-def _can_fork() -> bool:
-    """Whether a local cluster's workers can be forked from the driver: on Linux (fork is
-    unsafe on macOS and absent on Windows), in a process that has not loaded torch (its
-    thread pools can hang a forked child; learned modules load it)."""
-    return (sys.platform.startswith("linux") and "torch" not in sys.modules
+def _fork_workers() -> bool:
+    """Whether a local cluster's workers are forked from the driver: on Linux (fork is
+    unsafe on macOS and absent on Windows), unless torch is loaded here (its thread pools
+    can hang a forked child; learned modules load it), Dask is configured with a start
+    method of its own (``distributed.worker.multiprocessing-method`` other than its
+    default, spawn), or ``CARECOURSE_WORKER_START=spawn`` asks for spawned workers."""
+    import dask
+
+    choice = os.environ.get(START_ENV, "fork")
+    if choice not in ("fork", "spawn"):
+        raise ConfigError(f"{START_ENV}={choice!r}: say fork (the default) or spawn")
+    return (choice == "fork" and sys.platform.startswith("linux")
+            and "torch" not in sys.modules
+            and dask.config.get("distributed.worker.multiprocessing-method",
+                                "spawn") == "spawn"
             and "fork" in multiprocessing.get_all_start_methods())
 
 
 def _lend(digest: str, prepared: Any) -> None:
-    """Leave the library this process checked where workers forked from it find it (the
-    first task takes it if ``digest`` is the run's), out of the collector's passes so that
-    theirs do not walk it (which would also copy its memory into each of them)."""
+    """Leave the library this process checked where the workers about to be forked from it
+    find it (their first task takes it if ``digest`` is the run's)."""
     _CACHE[_WARM] = (digest, prepared)
     _CACHE[_LENT] = True
-    gc.freeze()
 
 
 def _take_back() -> None:
-    """Undo :func:`_lend` once the run is over (nothing if nothing was lent)."""
+    """Undo :func:`_lend` once the workers are forked (nothing if nothing was lent): a
+    worker that Dask starts again later, after one died, is spawned and loads the library
+    itself."""
     if _CACHE.pop(_LENT, False):
         _CACHE.pop(_WARM, None)
-        gc.unfreeze()
+
+
+def _after_fork_in_child() -> None:
+    """In a worker just forked from a driver that lent it the library: Dask's offload
+    thread pool, copied from the driver, lists a thread that the copy does not have (the
+    driver's scheduler started it on an earlier run), so work handed to it would wait for
+    ever; give the worker a pool of its own."""
+    utils = sys.modules.get("distributed.utils")
+    if _LENT in _CACHE and utils is not None:
+        utils._offload_executor = ThreadPoolExecutor(max_workers=1,
+                                                     thread_name_prefix="Dask-Offload")
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _client(workers: int | None, scheduler: str | None, config: RunConfig | None = None,
@@ -354,16 +381,15 @@ def _run_on_dask(config: RunConfig, sinks: list[Any], workers: int | None,
     t0 = time.perf_counter()
     # The workers of a local cluster are forked from this process once it has checked the
     # library: they start in a tenth of a second with Dask, carecourse and the checked
-    # library in memory. Where they cannot be (no fork, or torch loaded here: its threads
-    # can hang a forked child) they are spawned, which takes seconds (each imports Dask and
-    # loads the library), so that cluster is started first, in the background, while this
-    # process checks the library and the folder. Dask is imported first, here: imported by
+    # library in memory. Where they are not (see _fork_workers) they are spawned, which
+    # takes seconds (each imports Dask and loads the library), so that cluster is started
+    # first, in the background, while this process checks the library and the folder. Dask is imported first, here: imported by
     # the starting thread, it would share the interpreter lock with the check and start
     # the workers later.
     starting = None
     if workers is not None:
         _distributed()
-        if not _can_fork():
+        if not _fork_workers():
             starting, pending = _start(workers, config, fork=False)
     client = None
     try:
@@ -371,7 +397,7 @@ def _run_on_dask(config: RunConfig, sinks: list[Any], workers: int | None,
         # that of the files checked here, so they must not change meanwhile.
         library, prepared = checked_library(config)  # fail fast, here, on a broken library
         if workers is not None and starting is None:
-            fork = _can_fork()  # the check may have loaded torch, for learned modules
+            fork = _fork_workers()  # the check may have loaded torch, for learned modules
             if fork:
                 _lend(library, prepared)
             starting, pending = _start(workers, config, fork=fork)
@@ -403,6 +429,7 @@ def _run_on_dask(config: RunConfig, sinks: list[Any], workers: int | None,
         try:
             if starting is not None:
                 client = pending.result()
+                _take_back()  # the workers are forked: the driver needs the library no more
             elif todo:
                 client = _client(None, scheduler)
         except BaseException:

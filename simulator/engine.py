@@ -603,7 +603,8 @@ def run_module(run: ModuleRun) -> Generator[Any, Any, bool]:
                 t = env.now
                 # The calling state appears again after the submodule's states.
                 run.state_name = name
-                run.enter(name, t)
+                if recording or state.tracked:
+                    run.enter(name, t)
             elif state.skip is not None and run.history is None:
                 skip = state.skip
                 base = t
@@ -629,7 +630,8 @@ def run_module(run: ModuleRun) -> Generator[Any, Any, bool]:
                     if not skip.reads or (tm is not None and tm.triggered):
                         break
                     base = skip.last_turn(base, t)  # an attribute changed: draw again from here
-                run.exit(name, t)
+                if state.tracked:
+                    last_exit[name] = t
                 try:
                     state = states[target]
                 except KeyError:
@@ -639,7 +641,8 @@ def run_module(run: ModuleRun) -> Generator[Any, Any, bool]:
                 r = state.process(run, t)
                 while r is not None:
                     if r is TERMINAL:
-                        run.exit(name, t)
+                        if recording or state.tracked:
+                            run.exit(name, t)
                         if run.top:
                             enc = run.ctx.encounter
                             if enc is not None and not enc.ended and not enc.scheduled:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import numbers
 from collections.abc import Generator
 from typing import Any
 
@@ -62,9 +63,9 @@ _LABS = {
     "Chloride": (102.0, 2.5),
     "Carbon Dioxide": (26.0, 2.0),
 }
-# eGFR (mL/min/1.73m2) at most, by the chronic kidney disease stage in the "ckd" attribute:
-# inside KDIGO 2012's categories G3 (30-59), G4 (15-29) and G5 (under 15).
-_EGFR_CAP = {3: 55.0, 4: 25.0, 5: 12.0}
+# eGFR (mL/min/1.73m2) at most, by the chronic kidney disease stage in the "ckd" attribute
+# (3, 4, 5 and more): inside KDIGO 2012's categories G3 (30-59), G4 (15-29), G5 (under 15).
+_EGFR_G3, _EGFR_G4, _EGFR_G5 = 55.0, 25.0, 12.0
 # Serum creatinine by sex (mg/dL): MedlinePlus reference 0.74-1.35 (men), 0.59-1.04 (women).
 _CREATININE = {"M": (1.05, 0.15), "F": (0.82, 0.11)}
 
@@ -221,10 +222,10 @@ class Lifecycle:
         vit["Blood Glucose"] = vit["Glucose"]
         egfr = 100.0 + 12.0 * self.egfr_z - max(0.0, age - 40.0)
         stage = person.attributes.get("ckd")
-        if type(stage) in (int, float) and stage >= 3:
+        if isinstance(stage, numbers.Real) and not isinstance(stage, bool) and stage >= 3:
             # chronic kidney disease stage 3 or worse. Synthea's modules set "ckd" to 0 for
             # everybody and to stages 1-2 when kidney damage does not lower eGFR yet.
-            egfr = min(egfr, _EGFR_CAP[min(int(stage), 5)])
+            egfr = min(egfr, _EGFR_G5 if stage >= 5 else _EGFR_G4 if stage >= 4 else _EGFR_G3)
         vit["EGFR"] = round(max(5.0, egfr), 1)
         if age < 3:
             # Head circumference grows fastest in infancy (WHO child growth standards:

@@ -125,12 +125,20 @@ def test_an_interrupted_cli_run_says_where_its_finished_partitions_are(tmp_path,
                                                                        monkeypatch):
     import simulator.cluster
 
+    finished: list[int] = []
+
     def interrupted(config, sinks, **_kwargs):
-        (config.out / "parts" / "part-000000").mkdir(parents=True)
+        (config.out / "parts").mkdir(parents=True, exist_ok=True)
+        for k in finished:
+            (config.out / "parts" / f"part-{k:06d}").mkdir()
         raise KeyboardInterrupt
 
     monkeypatch.setattr(simulator.cluster, "run_on_dask", interrupted)
     out = tmp_path / "out"
     assert run_cli("run", "-p", 40, "--out", out, "--workers", 2, "--no-progress") == 130
+    assert "partition" not in capsys.readouterr().err  # none had finished
+    finished[:] = [0, 1]
+    assert run_cli("run", "-p", 40, "--out", out, "--workers", 2, "--no-progress") == 130
     err = capsys.readouterr().err
-    assert f"kept in {out / 'parts'}" in err and "rerun the same command" in err
+    assert f"the 2 partition(s) that finished are kept in {out / 'parts'}" in err
+    assert "rerun the same command" in err

@@ -7,7 +7,9 @@ import base64
 import datetime as dt
 import gc
 import json
+import os
 import pickle
+import subprocess
 import sys
 
 import pytest
@@ -142,35 +144,88 @@ def test_a_worker_forked_from_the_driver_keeps_the_library_lent_to_it(
     cluster.dask_setup(_WORKER)  # as in the forked worker: the lent library is there
     assert clean_cache[cluster._WARM][1] is prepared
     assert handlers == [cluster._exit_without_teardown]
-    cluster._take_back()  # the driver, once its run is over
-    assert cluster._WARM not in clean_cache and gc.get_freeze_count() == 0
+    cluster._take_back()  # the driver, once the workers are forked
+    assert cluster._WARM not in clean_cache
 
 
 def _no_second_load(*_args, **_kwargs):
     raise AssertionError("the worker loaded the library again")
 
 
-@pytest.mark.parametrize("torch_loaded", [False, True])
-def test_a_local_cluster_forks_its_workers_unless_torch_is_loaded(
-        tmp_path, monkeypatch, clean_cache, torch_loaded):
-    # Forked workers start with Dask and the library this process checked in memory; a
-    # process that has loaded torch spawns them instead (its threads can hang a fork).
+def test_how_workers_start_can_be_chosen(monkeypatch):
+    import dask
+
+    monkeypatch.delitem(sys.modules, "torch", raising=False)  # only asked, nothing forked
+    monkeypatch.setattr(cluster.sys, "platform", "linux")
+    monkeypatch.delenv(cluster.START_ENV, raising=False)
+    assert cluster._fork_workers()
+    monkeypatch.setenv(cluster.START_ENV, "spawn")
+    assert not cluster._fork_workers()
+    monkeypatch.setenv(cluster.START_ENV, "sideways")
+    with pytest.raises(ConfigError, match="CARECOURSE_WORKER_START='sideways': say fork"):
+        cluster._fork_workers()
+    monkeypatch.setenv(cluster.START_ENV, "fork")
+    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
+        assert not cluster._fork_workers()  # the user's own Dask setting stands
+    monkeypatch.setitem(sys.modules, "torch", object())
+    assert not cluster._fork_workers()
+    monkeypatch.delitem(sys.modules, "torch")
+    monkeypatch.setattr(cluster.sys, "platform", "darwin")
+    assert not cluster._fork_workers()
+
+
+# Run in a fresh interpreter, so that nothing this test process holds (torch's threads, say,
+# from other test files) is forked with the workers. Two runs in one process: the second
+# forks from a driver whose Dask threads of the first run are still there.
+_FORK_SCRIPT = """
+import datetime as dt, json, sys, types
+from pathlib import Path
+from exporters.csv import CsvSink
+from simulator import cluster
+from simulator.population import RunConfig
+
+def main():
+    mode, lib, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    sys.modules["carecourse_probe"] = types.ModuleType("carecourse_probe")
+    if mode == "torch":
+        sys.modules["torch"] = types.ModuleType("torch")  # as after learned modules load it
+    else:
+        def no_second_load(*_args, **_kwargs):
+            raise AssertionError("a forked worker loaded the library again")
+        cluster._prepare = no_second_load  # what a forked worker would call to load it
+
+    def probe():
+        from distributed import utils  # work for Dask's offload pool must get done
+        return ["carecourse_probe" in sys.modules,
+                utils._offload_executor.submit(lambda: 1).result(timeout=20)]
+
+    seen = []
+    for run in range(2 if mode == "fork" else 1):
+        config = RunConfig(population=3, seed=5, out=out / str(run), modules_dir=lib,
+                           reference_date=dt.date(2020, 1, 1))
+        summary = cluster.run_on_dask(
+            config, [CsvSink()], workers=1, partition_size=3, progress=False,
+            on_partition=lambda client, _rec: seen.extend(client.run(probe).values()))
+        assert summary.patients == 3 and cluster._WARM not in cluster._CACHE
+    print(json.dumps(seen))
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+@pytest.mark.parametrize("mode, forked", [("fork", True), ("torch", False), ("spawn", False)])
+def test_a_local_cluster_forks_its_workers_with_the_checked_library(tmp_path, mode, forked):
+    # Forked workers start with Dask and the library the driver checked in memory; a driver
+    # that has loaded torch, or CARECOURSE_WORKER_START=spawn, has them spawned instead.
     if not sys.platform.startswith("linux"):
         pytest.skip("workers are forked on Linux only")
-    if torch_loaded:
-        monkeypatch.setitem(sys.modules, "torch", sys.modules.get("torch") or object())
-    else:
-        monkeypatch.delitem(sys.modules, "torch", raising=False)
-        # a forked worker that loaded the library itself would fail its task
-        monkeypatch.setattr(cluster, "_prepare", _no_second_load)
-    config = _config(tmp_path, _library(tmp_path))
-    forked: list = []
-
-    def probe(client, _record) -> None:
-        forked.extend(client.run(lambda: "_pytest" in sys.modules).values())
-
-    summary = cluster.run_on_dask(config, [CsvSink()], workers=1, partition_size=3,
-                                  progress=False, on_partition=probe)
-    assert summary.patients == 3 and (config.out / "csv" / "patients.csv").is_file()
-    assert forked == [not torch_loaded]
-    assert cluster._WARM not in clean_cache  # the driver took its library back
+    script = tmp_path / "fork_run.py"
+    script.write_text(_FORK_SCRIPT)
+    env = {**os.environ, cluster.START_ENV: "spawn" if mode == "spawn" else "fork"}
+    done = subprocess.run([sys.executable, str(script), mode, str(_library(tmp_path)),
+                           str(tmp_path / "out")], capture_output=True, text=True, env=env,
+                          timeout=240, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == \
+        [[forked, 1]] * (2 if mode == "fork" else 1)

@@ -204,7 +204,8 @@ def _lifespan(p):
 
 
 @pytest.mark.parametrize("ckd, below", [(None, None), (0, None), (1, None), (2, None),
-                                        (3, 60.0), (4, 30.0), (5, 15.0)])
+                                        (True, None), (3, 60.0), (4.0, 30.0), (5, 15.0),
+                                        (np.int64(4), 30.0), (math.inf, 15.0)])
 def test_egfr_falls_with_chronic_kidney_disease_from_stage_3(ckd, below):
     # Synthea's modules set "ckd" to 0 for everybody and count stages up from 1: kidney
     # function falls into KDIGO's G3 from stage 3 on, not when the attribute is set.

@@ -46,8 +46,8 @@ def leave_times(programs, key: str, *, skip: bool, seed0: int, age: float = 0.0,
             h.env.process(run_module(ModuleRun(h.person, h.programs[other], h.programs, None)))
         h.run_until(T0 + horizon)
         done = run.state_name == "Terminal"
-        out.append((run.last_exit.get("Wait") if done else math.inf,
-                    h.person.attributes.get("left")))
+        # the loop was left when Terminal was entered (the states between take no time)
+        out.append((run.entered if done else math.inf, h.person.attributes.get("left")))
     return out
 
 
