@@ -184,6 +184,8 @@ def main() -> None:
                       [g["dask"]["rate"] / g["one"]["rate"] for g in rounds], 3)
     steady = _spread(figures, "speedup_2_workers_steady",
                      [g["dask"]["steady"] / g["one"]["rate"] for g in rounds], 3)
+    for r, g in enumerate(rounds, start=1):  # each round's own figures, for the record
+        figures[f"speedup_2_workers_round_{r}"] = round(g["dask"]["rate"] / g["one"]["rate"], 3)
     figures["patients_per_second_per_core"] = round(one, 2)
     figures["patients_per_second_per_core_2_workers"] = round(two / 2, 2)
     print(f"median of {args.rounds}: 1 process {one:.2f} patients/s, 2 workers {two:.2f}; "
