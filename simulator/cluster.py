@@ -383,9 +383,9 @@ def _run_on_dask(config: RunConfig, sinks: list[Any], workers: int | None,
     # library: they start in a tenth of a second with Dask, carecourse and the checked
     # library in memory. Where they are not (see _fork_workers) they are spawned, which
     # takes seconds (each imports Dask and loads the library), so that cluster is started
-    # first, in the background, while this process checks the library and the folder. Dask is imported first, here: imported by
-    # the starting thread, it would share the interpreter lock with the check and start
-    # the workers later.
+    # first, in the background, while this process checks the library and the folder.
+    # Dask is imported first, here: imported by the starting thread, it would share the
+    # interpreter lock with the check and start the workers later.
     starting = None
     if workers is not None:
         _distributed()
